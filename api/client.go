@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -33,10 +34,9 @@ type Client struct {
 	// Now defaults to time.Now; tests may pin the signing time.
 	Now func() time.Time
 
+	signerOnce sync.Once
+	signer     *v4.Signer
 }
-
-// signer is shared: a v4.Signer is safe for concurrent use.
-var signer = v4.NewSigner()
 
 // APIError is an error response of the server in the AWS shape.
 type APIError struct {
@@ -191,10 +191,6 @@ func (c *Client) sign(ctx context.Context, req *http.Request, service string, bo
 	if c.Credentials == nil {
 		return errors.New("api: Client.Credentials is not set")
 	}
-	creds, err := c.Credentials.Retrieve(ctx)
-	if err != nil {
-		return fmt.Errorf("retrieving credentials: %w", err)
-	}
 	region := c.Region
 	if region == "" {
 		region = "us-east-1"
@@ -203,6 +199,23 @@ func (c *Client) sign(ctx context.Context, req *http.Request, service string, bo
 	if c.Now != nil {
 		now = c.Now
 	}
+	// The signer caches derived keys per access key id, so it lives with the
+	// client (one set of credentials) rather than in a package variable.
+	c.signerOnce.Do(func() { c.signer = v4.NewSigner() })
+	return sign(ctx, c.signer, req, c.Credentials, service, region, body, now())
+}
+
+// SignRequest signs req with SigV4 for service and region, as the AWS SDKs
+// do; body must be the request's whole body.
+func SignRequest(ctx context.Context, req *http.Request, creds aws.CredentialsProvider, service, region string, body []byte, at time.Time) error {
+	return sign(ctx, v4.NewSigner(), req, creds, service, region, body, at)
+}
+
+func sign(ctx context.Context, signer *v4.Signer, req *http.Request, creds aws.CredentialsProvider, service, region string, body []byte, at time.Time) error {
+	c, err := creds.Retrieve(ctx)
+	if err != nil {
+		return fmt.Errorf("retrieving credentials: %w", err)
+	}
 	sum := sha256.Sum256(body)
-	return signer.SignHTTP(ctx, creds, req, hex.EncodeToString(sum[:]), service, region, now())
+	return signer.SignHTTP(ctx, c, req, hex.EncodeToString(sum[:]), service, region, at)
 }

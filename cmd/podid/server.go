@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/podid/podid/internal/auth"
+	"github.com/podid/podid/internal/identity"
+	"github.com/podid/podid/internal/k8s"
+	"github.com/podid/podid/internal/server"
+	"github.com/podid/podid/internal/store"
+	"github.com/podid/podid/internal/sts"
+)
+
+type serverOptions struct {
+	config          string
+	listen          string
+	tlsCert         string
+	tlsKey          string
+	dataDir         string
+	store           string
+	keysFile        string
+	region          string
+	account         string
+	stsEndpoint     string
+	stsRegion       string
+	sessionDuration time.Duration
+	logLevel        string
+}
+
+func defaultDataDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "podid")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "share", "podid")
+	}
+	return "podid-data"
+}
+
+func newServerCmd() *cobra.Command {
+	o := &serverOptions{}
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the control plane: association API, AssumeRoleForPodIdentity and the audit ledger",
+		Long: `Run podid server.
+
+Every setting is a flag, an environment variable PODID_<FLAG> (upper case,
+dashes as underscores) or a key of the JSON --config file, in that order of
+precedence. With no settings at all it listens on 127.0.0.1:8080, keeps its
+SQLite database and access keys in the data directory, and generates an
+admin key on first start.
+
+The AWS credentials used to call STS come from the default AWS credential
+chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, web identity,
+instance role, ...).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			file, err := readConfigFile(o.config, cmd.Flags())
+			if err != nil {
+				return err
+			}
+			if err := applyLayers(cmd.Flags(), file); err != nil {
+				return err
+			}
+			return runServer(cmd.Context(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.config, "config", os.Getenv("PODID_CONFIG"), "JSON config file whose keys are these flag names (env PODID_CONFIG)")
+	f.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate file; serves HTTPS when set with --tls-key")
+	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key file for --tls-cert")
+	f.StringVar(&o.dataDir, "data-dir", defaultDataDir(), "directory for the default SQLite database and keys file")
+	f.StringVar(&o.store, "store", "", "store URL: sqlite:///path/podid.db (default: <data-dir>/podid.db)")
+	f.StringVar(&o.keysFile, "keys-file", "", "JSON file of access keys allowed to call the APIs (default: <data-dir>/keys.json, created with an admin key if missing)")
+	f.StringVar(&o.region, "region", "us-east-1", "AWS region used in the ARNs podid returns")
+	f.StringVar(&o.account, "account", "000000000000", "12-digit AWS account id used in the ARNs podid returns")
+	f.StringVar(&o.stsEndpoint, "sts-endpoint", "", "STS endpoint URL (default: AWS's regional endpoint)")
+	f.StringVar(&o.stsRegion, "sts-region", "", "region to sign STS calls for (default: --region)")
+	f.DurationVar(&o.sessionDuration, "session-duration", identity.DefaultSessionDuration, "lifetime of the credentials requested from STS (15m to 12h)")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func runServer(ctx context.Context, o *serverOptions) error {
+	log, err := newLogger(o.logLevel)
+	if err != nil {
+		return err
+	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return errors.New("--tls-cert and --tls-key must be given together")
+	}
+	if o.store == "" || o.keysFile == "" {
+		if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+			return fmt.Errorf("creating data directory: %w", err)
+		}
+	}
+	if o.store == "" {
+		o.store = "sqlite://" + filepath.Join(o.dataDir, "podid.db")
+	}
+	if o.keysFile == "" {
+		o.keysFile = filepath.Join(o.dataDir, "keys.json")
+		if err := ensureKeysFile(o.keysFile, log); err != nil {
+			return err
+		}
+	}
+	keys, err := auth.LoadKeyring(o.keysFile)
+	if err != nil {
+		return fmt.Errorf("keys file: %w", err)
+	}
+	for _, w := range keys.Warnings() {
+		log.Warn("keys file", "path", o.keysFile, "warning", w)
+	}
+
+	st, err := store.Open(ctx, o.store)
+	if err != nil {
+		return fmt.Errorf("opening store: %w", err)
+	}
+	defer st.Close()
+
+	stsRegion := o.stsRegion
+	if stsRegion == "" {
+		stsRegion = o.region
+	}
+	issuer, err := sts.New(ctx, sts.Config{Endpoint: o.stsEndpoint, Region: stsRegion})
+	if err != nil {
+		return fmt.Errorf("setting up STS: %w", err)
+	}
+	svc, err := identity.New(identity.Config{
+		Store:           st,
+		Verifier:        k8s.NewVerifier(k8s.VerifierConfig{Logger: log}),
+		Issuer:          issuer,
+		Region:          o.region,
+		Account:         o.account,
+		SessionDuration: o.sessionDuration,
+		Logger:          log,
+	})
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(server.Config{Service: svc, Auth: &auth.Verifier{Keys: keys}, Logger: log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", o.listen, err)
+	}
+	scheme := "http"
+	if o.tlsCert != "" {
+		scheme = "https"
+	}
+	endpoint := fmt.Sprintf("%s://%s", scheme, ln.Addr())
+	log.Info("podid server listening", "endpoint", endpoint, "store", o.store, "keysFile", o.keysFile, "region", o.region, "account", o.account)
+	log.Info("next: register a cluster with POST "+endpoint+"/podid/v1/clusters, then create associations with the AWS CLI or SDK",
+		"example", "aws eks create-pod-identity-association --endpoint-url "+endpoint+" --cluster-name <cluster> --namespace <ns> --service-account <sa> --role-arn <arn>",
+		"credentials", "use an access key from "+o.keysFile)
+	return srv.Run(ctx, ln, o.tlsCert, o.tlsKey)
+}
+
+// ensureKeysFile writes a keys file with one fresh admin key when none
+// exists, so a first run needs no setup. The secret goes only to the file.
+func ensureKeysFile(path string, log *slog.Logger) error {
+	if _, err := os.Stat(path); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	k, err := auth.GenerateKey("admin", auth.ScopeAdmin, nil)
+	if err != nil {
+		return err
+	}
+	doc := map[string]any{"keys": []map[string]any{{
+		"name": k.Name, "accessKeyId": k.AccessKeyID, "secretAccessKey": k.SecretAccessKey, "scope": string(k.Scope),
+	}}}
+	raw, _ := json.MarshalIndent(doc, "", "  ")
+	if err := os.WriteFile(path, append(raw, '\n'), 0o600); err != nil {
+		return fmt.Errorf("writing keys file: %w", err)
+	}
+	log.Info("generated an admin access key", "path", path, "accessKeyId", k.AccessKeyID)
+	return nil
+}
