@@ -258,6 +258,9 @@ func (s *Service) DeleteCluster(ctx context.Context, name string) error {
 	if err := s.cfg.Store.DeleteCluster(ctx, name); err != nil {
 		return storeErr(err, fmt.Sprintf("No cluster found for name: %s.", name))
 	}
+	if f, ok := s.cfg.Verifier.(interface{ Forget(cluster string) }); ok {
+		f.Forget(name)
+	}
 	s.cfg.Logger.InfoContext(ctx, "cluster deleted", "cluster", name)
 	return nil
 }
