@@ -19,7 +19,7 @@ func NewRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServerCmd())
+	root.AddCommand(newServerCmd(), newAgentCmd())
 	return root
 }
 

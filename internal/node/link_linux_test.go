@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/podid/podid/internal/node/nodetest"
+
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -50,10 +52,10 @@ func stateOf(t *testing.T, name string) linkState {
 }
 
 func TestEnsureLink(t *testing.T) {
-	if !isolated(t, false) {
+	if !nodetest.Isolated(t, false) {
 		return
 	}
-	loUp(t)
+	nodetest.LoopbackUp(t)
 	kind := linkKind(t)
 	cfg := DefaultLinkConfig()
 
@@ -151,7 +153,7 @@ func roundTrip(t *testing.T, l net.Listener) {
 }
 
 func TestEnsureLinkRealKind(t *testing.T) {
-	if !isolated(t, false) {
+	if !nodetest.Isolated(t, false) {
 		return
 	}
 	kind := linkKind(t)
@@ -167,7 +169,7 @@ func TestEnsureLinkRealKind(t *testing.T) {
 }
 
 func TestEnsureLinkWrongType(t *testing.T) {
-	if !isolated(t, false) {
+	if !nodetest.Isolated(t, false) {
 		return
 	}
 	attrs := netlink.NewLinkAttrs()
@@ -182,7 +184,7 @@ func TestEnsureLinkWrongType(t *testing.T) {
 }
 
 func TestEnsureLinkIPv6Disabled(t *testing.T) {
-	if !isolated(t, false) {
+	if !nodetest.Isolated(t, false) {
 		return
 	}
 	kind := linkKind(t)
@@ -206,7 +208,7 @@ func TestEnsureLinkIPv6Disabled(t *testing.T) {
 // TestUnprivileged runs as nobody in its own namespace: the errors an agent
 // pod without NET_ADMIN or root would see.
 func TestUnprivileged(t *testing.T) {
-	if !isolated(t, true) {
+	if !nodetest.Isolated(t, true) {
 		return
 	}
 	if os.Geteuid() == 0 {

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -75,6 +76,11 @@ func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = n
 // WithAccount sets the account of the base key pair's IAM user.
 func WithAccount(account string) Option { return func(s *Server) { s.account = account } }
 
+// WithListener makes the server accept connections on ln instead of a
+// fresh loopback port, so a walkthrough can pin a known address. The
+// server owns ln from then on; Close closes it.
+func WithListener(ln net.Listener) Option { return func(s *Server) { s.ln = ln } }
+
 // Server is a running fake STS.
 type Server struct {
 	// URL is the endpoint to give the SDK (sts.Options.BaseEndpoint).
@@ -87,6 +93,7 @@ type Server struct {
 	// own secret.
 	signer  *v4.Signer
 	account string
+	ln      net.Listener
 
 	mu       sync.Mutex
 	keys     map[string]*principal // by access key ID
@@ -147,7 +154,14 @@ func Start(opts ...Option) *Server {
 		userID:      "AIDA" + strings.ToUpper(hex.EncodeToString([]byte(s.account)))[:16],
 		account:     s.account,
 	}
-	s.srv = httptest.NewServer(http.HandlerFunc(s.serveHTTP))
+	if s.ln == nil {
+		s.srv = httptest.NewServer(http.HandlerFunc(s.serveHTTP))
+	} else {
+		s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serveHTTP))
+		s.srv.Listener.Close()
+		s.srv.Listener = s.ln
+		s.srv.Start()
+	}
 	s.URL = s.srv.URL
 	return s
 }

@@ -1,10 +1,11 @@
 //go:build linux
 
-package node
+// Package nodetest runs a test in a fresh network namespace, so tests can
+// create links and bind link-local addresses without touching the host.
+package nodetest
 
 import (
 	"bytes"
-	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -13,19 +14,18 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // childEnv marks a re-executed test binary and names the test it runs.
-const childEnv = "PODID_NODE_TEST_CHILD"
+const childEnv = "PODID_NETNS_TEST_CHILD"
 
-// isolated re-executes the calling top-level test in a fresh network
+// Isolated re-executes the calling top-level test in a fresh network
 // namespace (via unshare -n), optionally as nobody (via setpriv), so tests
 // can create links and hit permission errors without touching the host.
 // It returns true in the child, where the test body must run, and false in
 // the parent after relaying the child's result. Without root it skips,
 // because creating a namespace needs it; as root (as in CI) it never skips.
-func isolated(t *testing.T, asNobody bool) bool {
+func Isolated(t *testing.T, asNobody bool) bool {
 	t.Helper()
 	if os.Getenv(childEnv) == t.Name() {
 		return true
@@ -68,7 +68,7 @@ func isolated(t *testing.T, asNobody bool) bool {
 // go test builds it under a 0700 directory that nobody cannot enter.
 func copyForNobody(t *testing.T, exe string) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "podid-node-test")
+	dir, err := os.MkdirTemp("", "podid-netns-test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,32 +95,9 @@ func copyForNobody(t *testing.T, exe string) string {
 	return dst
 }
 
-// linkKind returns the link kind to test with: "dummy", as in production,
-// unless the kernel lacks it (some micro-VMs do, CI's among them), in which
-// case "ifb", EnsureLink's own fallback, stands in.
-func linkKind(t *testing.T) string {
-	t.Helper()
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = "podid-probe0"
-	err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: attrs})
-	switch {
-	case err == nil:
-		if err := netlink.LinkDel(&netlink.Dummy{LinkAttrs: attrs}); err != nil {
-			t.Fatal(err)
-		}
-		return "dummy"
-	case errors.Is(err, unix.EOPNOTSUPP):
-		t.Logf("kernel has no dummy links (%v); testing with ifb links instead", err)
-		return "ifb"
-	default:
-		t.Fatalf("probing dummy link support: %v", err)
-		return ""
-	}
-}
-
-// loUp brings up loopback, which a fresh namespace leaves down and without
+// LoopbackUp brings up loopback, which a fresh namespace leaves down and without
 // which the kernel cannot deliver traffic to any local address.
-func loUp(t *testing.T) {
+func LoopbackUp(t *testing.T) {
 	t.Helper()
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
