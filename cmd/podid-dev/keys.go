@@ -197,12 +197,14 @@ func marshalJWKS(pub crypto.PublicKey) ([]byte, error) {
 		if pub.Curve != elliptic.P256() {
 			return nil, errors.New("only P-256 EC keys are supported")
 		}
-		// RFC 7518 6.2.1.2: coordinates are the full field size, padded.
-		var x, y [32]byte
-		pub.X.FillBytes(x[:])
-		pub.Y.FillBytes(y[:])
+		// RFC 7518 6.2.1.2: coordinates are the full field size, padded,
+		// which the uncompressed point 0x04||X||Y already is.
+		raw, err := pub.Bytes()
+		if err != nil {
+			return nil, err
+		}
 		k.Kty, k.Crv, k.Alg = "EC", "P-256", algES256
-		k.X, k.Y = b64(x[:]), b64(y[:])
+		k.X, k.Y = b64(raw[1:33]), b64(raw[33:65])
 	default:
 		return nil, fmt.Errorf("unsupported key type %T", pub)
 	}

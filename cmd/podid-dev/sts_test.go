@@ -19,7 +19,7 @@ import (
 
 // startSTS runs "podid-dev sts args..." in-process and returns the
 // variables it exported; stop cancels it and returns its error and stderr.
-func startSTS(t *testing.T, args ...string) (env map[string]string, stop func() (error, string)) {
+func startSTS(t *testing.T, args ...string) (env map[string]string, stop func() (string, error)) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
@@ -38,12 +38,12 @@ func startSTS(t *testing.T, args ...string) (env map[string]string, stop func() 
 		once    sync.Once
 		stopErr error
 	)
-	stop = func() (error, string) {
+	stop = func() (string, error) {
 		once.Do(func() {
 			cancel()
 			stopErr = <-done
 		})
-		return stopErr, errOut.String()
+		return errOut.String(), stopErr
 	}
 	t.Cleanup(func() { stop() })
 
@@ -61,7 +61,7 @@ func startSTS(t *testing.T, args ...string) (env map[string]string, stop func() 
 		env[name] = unquoteShell(t, val)
 	}
 	if len(env) < 3 {
-		err, stderr := stop()
+		stderr, err := stop()
 		t.Fatalf("sts printed %v before ending (err %v, stderr %q)", env, err, stderr)
 	}
 	return env, stop
@@ -126,7 +126,7 @@ func TestSTSCommandServesAssumeRole(t *testing.T) {
 		t.Error("a wrong secret was accepted")
 	}
 
-	err, stderr := stop()
+	stderr, err := stop()
 	if err != nil {
 		t.Fatalf("sts returned %v after cancel", err)
 	}
