@@ -68,16 +68,7 @@ boot, with NET_ADMIN) so the link-local addresses exist on the node.
 
 Every flag can also be set as PODID_<FLAG> or in the JSON --config file.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			file, err := readConfigFile(o.config, cmd.Flags())
-			if err != nil {
-				return err
-			}
-			if err := applyLayers(cmd.Flags(), file); err != nil {
-				return err
-			}
-			return runAgent(cmd.Context(), o)
-		},
+		RunE: layered(&o.config, func(ctx context.Context) error { return runAgent(ctx, o) }),
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.config, "config", "", "JSON config file whose keys are these flag names")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -21,6 +22,21 @@ func NewRootCmd() *cobra.Command {
 	}
 	root.AddCommand(newServerCmd(), newAgentCmd())
 	return root
+}
+
+// layered returns a RunE that fills unset flags from the environment and
+// the config file named by *config before calling run.
+func layered(config *string, run func(ctx context.Context) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		file, err := readConfigFile(*config, cmd.Flags())
+		if err != nil {
+			return err
+		}
+		if err := applyLayers(cmd.Flags(), file); err != nil {
+			return err
+		}
+		return run(cmd.Context())
+	}
 }
 
 // applyLayers fills every flag the user did not set on the command line

@@ -65,16 +65,7 @@ The AWS credentials used to call STS come from the default AWS credential
 chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, web identity,
 instance role, ...).`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			file, err := readConfigFile(o.config, cmd.Flags())
-			if err != nil {
-				return err
-			}
-			if err := applyLayers(cmd.Flags(), file); err != nil {
-				return err
-			}
-			return runServer(cmd.Context(), o)
-		},
+		RunE: layered(&o.config, func(ctx context.Context) error { return runServer(ctx, o) }),
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.config, "config", os.Getenv("PODID_CONFIG"), "JSON config file whose keys are these flag names (env PODID_CONFIG)")
