@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: test unit npm-deps bench lint build run
+.PHONY: test unit npm-deps bench bench-agent lint build run postgres
 
 ## test: everything CI runs: vet, unit and integration tests (incl. the npm client).
 test: npm-deps
@@ -17,6 +17,15 @@ unit:
 ## bench: the benchmarks recorded in docs/benchmarks.md.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+## bench-agent: the podid agent load run in docs/benchmarks.md (about 2.5 minutes, loopback only).
+bench-agent:
+	GO=$(GO) $(GO) run ./test/load/agentload
+
+## postgres: start a throwaway PostgreSQL for the store tests (installs it if
+## missing) and print the export line: eval "$$(make -s postgres)" && make test
+postgres:
+	@bash scripts/postgres-test.sh
 
 lint:
 	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above"; exit 1)

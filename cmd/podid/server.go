@@ -73,7 +73,7 @@ instance role, ...).`,
 	f.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate file; serves HTTPS when set with --tls-key")
 	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key file for --tls-cert")
 	f.StringVar(&o.dataDir, "data-dir", defaultDataDir(), "directory for the default SQLite database and keys file")
-	f.StringVar(&o.store, "store", "", "store URL: sqlite:///path/podid.db (default: <data-dir>/podid.db)")
+	f.StringVar(&o.store, "store", "", "store URL: sqlite:///path/podid.db or postgres://user:pass@host/db (default: <data-dir>/podid.db)")
 	f.StringVar(&o.keysFile, "keys-file", "", "JSON file of access keys allowed to call the APIs (default: <data-dir>/keys.json, created with an admin key if missing)")
 	f.StringVar(&o.region, "region", "us-east-1", "AWS region used in the ARNs podid returns")
 	f.StringVar(&o.account, "account", "000000000000", "12-digit AWS account id used in the ARNs podid returns")
@@ -153,7 +153,7 @@ func runServer(ctx context.Context, o *serverOptions) error {
 		scheme = "https"
 	}
 	endpoint := fmt.Sprintf("%s://%s", scheme, ln.Addr())
-	log.Info("podid server listening", "endpoint", endpoint, "store", o.store, "keysFile", o.keysFile, "region", o.region, "account", o.account)
+	log.Info("podid server listening", "endpoint", endpoint, "store", store.Redacted(o.store), "keysFile", o.keysFile, "region", o.region, "account", o.account)
 	log.Info("next: register a cluster with POST "+endpoint+"/podid/v1/clusters, then create associations with the AWS CLI or SDK",
 		"example", "aws eks create-pod-identity-association --endpoint-url "+endpoint+" --cluster-name <cluster> --namespace <ns> --service-account <sa> --role-arn <arn>",
 		"credentials", "use an access key from "+o.keysFile)

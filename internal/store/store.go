@@ -6,25 +6,26 @@
 //	sqlite:///var/lib/podid/podid.db   SQLite, absolute path (three slashes)
 //	sqlite://data/podid.db             SQLite, path relative to the working directory
 //	/var/lib/podid/podid.db            a bare path is SQLite too
-//	postgres://… or postgresql://…     PostgreSQL (not available in this build yet)
+//	postgres://user:pw@host:5432/db?sslmode=verify-full
+//	postgresql://…                     PostgreSQL; see internal/store/postgres
 //
 // Everything after "sqlite://" is the path, taken literally: no query
-// parameters, no percent-decoding.
+// parameters, no percent-decoding. A PostgreSQL URL goes to pgx unchanged.
+//
+// A PostgreSQL URL may hold a password: log Redacted(url), never the URL.
 package store
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"github.com/podid/podid/internal/identity"
+	"github.com/podid/podid/internal/store/postgres"
 	"github.com/podid/podid/internal/store/sqlite"
 )
-
-// ErrPostgresUnavailable is returned for postgres:// URLs until the
-// PostgreSQL backend is built in.
-var ErrPostgresUnavailable = errors.New("the PostgreSQL store is not available in this build yet; use sqlite:///path/to/podid.db")
 
 // Backend names returned by parse.
 const (
@@ -46,7 +47,11 @@ func Open(ctx context.Context, url string) (identity.Store, error) {
 		}
 		return s, nil
 	case backendPostgres:
-		return nil, ErrPostgresUnavailable
+		s, err := postgres.Open(ctx, target)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	default:
 		return nil, fmt.Errorf("store: no backend %q", backend)
 	}
@@ -75,4 +80,32 @@ func parse(url string) (backend, target string, err error) {
 		// The URL may carry a password; name only the scheme.
 		return "", "", fmt.Errorf("store: unsupported store URL scheme %q; accepted schemes are sqlite:// (or a bare file path), postgres:// and postgresql://", scheme)
 	}
+}
+
+// Redacted returns the store URL with any password replaced by "xxxxx", for
+// logs and messages. A URL it cannot parse is not repeated at all.
+func Redacted(storeURL string) string {
+	backend, _, err := parse(storeURL)
+	if err != nil {
+		return "(invalid store URL)"
+	}
+	if backend != backendPostgres {
+		return storeURL
+	}
+	u, err := url.Parse(storeURL)
+	if err != nil {
+		scheme, _, _ := strings.Cut(storeURL, "://")
+		return scheme + "://(unparsable URL)"
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	q := u.Query()
+	for _, k := range []string{"password", "sslpassword"} {
+		if q.Has(k) {
+			q.Set(k, "xxxxx")
+		}
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/podid/podid/internal/identity"
+	"github.com/podid/podid/internal/store/postgres"
+	"github.com/podid/podid/internal/store/postgres/pgtest"
 )
 
 func TestParse(t *testing.T) {
@@ -27,6 +29,7 @@ func TestParse(t *testing.T) {
 		{"./data/podid.db", backendSQLite, "./data/podid.db", ""},
 		{"postgres://user:pw@db:5432/podid?sslmode=require", backendPostgres, "postgres://user:pw@db:5432/podid?sslmode=require", ""},
 		{"postgresql://db/podid", backendPostgres, "postgresql://db/podid", ""},
+		{"PostgreSQL://db/podid", backendPostgres, "PostgreSQL://db/podid", ""},
 		{"", "", "", "empty store URL"},
 		{"   ", "", "", "empty store URL"},
 		{"sqlite://", "", "", "names no database file"},
@@ -78,14 +81,62 @@ func TestOpenSQLite(t *testing.T) {
 	}
 }
 
-func TestOpenPostgresUnavailable(t *testing.T) {
-	for _, url := range []string{"postgres://db/podid", "postgresql://db/podid"} {
+func TestOpenPostgres(t *testing.T) {
+	url := pgtest.Fresh(t)
+	for _, u := range []string{url, "postgresql" + strings.TrimPrefix(url, "postgres")} {
+		s, err := Open(t.Context(), u)
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		if _, ok := s.(*postgres.Store); !ok {
+			t.Errorf("Open returned a %T, want *postgres.Store", s)
+		}
+		if err := s.CreateCluster(t.Context(), &identity.Cluster{Name: "prod"}); err != nil && !errors.Is(err, identity.ErrConflict) {
+			t.Errorf("CreateCluster: %v", err)
+		}
+		if _, err := s.GetCluster(t.Context(), "prod"); err != nil {
+			t.Errorf("GetCluster: %v", err)
+		}
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	}
+}
+
+func TestOpenPostgresErrorHidesPassword(t *testing.T) {
+	// Nothing listens on port 1: the connection is refused at once.
+	for _, url := range []string{
+		"postgres://podid:s3cret-pw@127.0.0.1:1/podid?sslmode=disable&connect_timeout=5",
+		"postgresql://podid:s3cret-pw@127.0.0.1:notaport/podid",
+	} {
 		s, err := Open(t.Context(), url)
-		if !errors.Is(err, ErrPostgresUnavailable) {
-			t.Errorf("Open(%q) error = %v, want ErrPostgresUnavailable", url, err)
+		if err == nil {
+			_ = s.Close()
+			t.Fatalf("Open(%q) succeeded", Redacted(url))
 		}
 		if s != nil {
-			t.Errorf("Open(%q) returned a store", url)
+			t.Errorf("Open(%q) returned a store with an error", Redacted(url))
+		}
+		if strings.Contains(err.Error(), "s3cret-pw") {
+			t.Errorf("error %q holds the password", err)
+		}
+	}
+}
+
+func TestRedacted(t *testing.T) {
+	tests := []struct{ url, want string }{
+		{"postgres://podid:s3cret@db:5432/podid?sslmode=require", "postgres://podid:xxxxx@db:5432/podid?sslmode=require"},
+		{"postgresql://podid@db/podid", "postgresql://podid@db/podid"},
+		{"postgres://db/podid?user=u&password=s3cret", "postgres://db/podid?password=xxxxx&user=u"},
+		{"postgres://db/podid?sslpassword=s3cret", "postgres://db/podid?sslpassword=xxxxx"},
+		{"postgres://podid:s3cret@[::1/podid", "postgres://(unparsable URL)"},
+		{"sqlite:///var/lib/podid/podid.db", "sqlite:///var/lib/podid/podid.db"},
+		{"/var/lib/podid/podid.db", "/var/lib/podid/podid.db"},
+		{"mysql://u:s3cret@db/podid", "(invalid store URL)"},
+	}
+	for _, tt := range tests {
+		if got := Redacted(tt.url); got != tt.want {
+			t.Errorf("Redacted(%q) = %q, want %q", tt.url, got, tt.want)
 		}
 	}
 }

@@ -30,8 +30,19 @@
 //   - CreateAssociation in an unknown cluster returns ErrNotFound.
 //   - FindAssociationByRequestToken never matches an empty token.
 //   - ListAssociations of an unknown cluster is empty, not an error.
-//   - ListClusters is ordered by name.
-//   - AppendAudit sets the event's ID; IDs increase, also across a reopen.
+//   - ListClusters is ordered by name and ListAssociations by ID, byte by
+//     byte as Go compares strings, whatever the storage's collation.
+//   - FindAssociationByRequestToken matches the token exactly; of several
+//     associations sharing it in one cluster, the earliest created (then
+//     the smallest ID) wins.
+//   - Looking up a key no backend can store (a NUL byte, invalid UTF-8) is
+//     ErrNotFound, not a database error.
+//   - Two Stores open at once on the same storage (two replicas) see each
+//     other's writes, and the storage, not the Store, keeps names, IDs and
+//     (cluster, namespace, service account) unique between them.
+//   - AppendAudit sets the event's ID; IDs increase, also across a reopen
+//     and between two Stores, and paging newest first with BeforeID is
+//     stable while events are appended.
 //   - Audit events survive the deletion of their cluster.
 package storetest
 
@@ -49,9 +60,10 @@ import (
 	"github.com/podid/podid/internal/identity"
 )
 
-// Opener opens a Store on one backing database. Run may call it again
-// after closing the Store it returned; the new Store must see everything
-// the closed one wrote. Run closes every Store it opens.
+// Opener opens a Store on one backing database. Run may call it again,
+// after closing the Store it returned or while that Store is still open;
+// every Store it returns must share the same storage and see everything the
+// others wrote. Run closes every Store it opens.
 type Opener func(t *testing.T) identity.Store
 
 // Run runs the suite. fresh is called once per subtest and must return an
@@ -72,6 +84,11 @@ func Run(t *testing.T, fresh func(t *testing.T) Opener) {
 		{"Times", testTimes},
 		{"Audit", testAudit},
 		{"Reopen", testReopen},
+		{"TwoStores", testTwoStores},
+		{"RequestTokens", testRequestTokens},
+		{"Ordering", testOrdering},
+		{"UnstorableKeys", testUnstorableKeys},
+		{"Ledger", testLedger},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
