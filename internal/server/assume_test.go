@@ -47,12 +47,18 @@ func (e *env) postAssume(t testing.TB, k auth.Key, cluster string, body []byte) 
 
 func (e *env) signedRaw(t testing.TB, k auth.Key, service, method, path string, body []byte) (int, string, []byte) {
 	t.Helper()
+	return e.signedRawAt(t, time.Now(), k, service, method, path, body)
+}
+
+// signedRawAt signs as of at, to test the skew window.
+func (e *env) signedRawAt(t testing.TB, at time.Time, k auth.Key, service, method, path string, body []byte) (int, string, []byte) {
+	t.Helper()
 	req, err := http.NewRequest(method, e.url+path, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if err := api.SignRequest(context.Background(), req, creds(k), service, testRegion, body, time.Now()); err != nil {
+	if err := api.SignRequest(context.Background(), req, creds(k), service, testRegion, body, at); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := http.DefaultClient.Do(req)

@@ -1,6 +1,8 @@
 package server_test
 
 import (
+	"bytes"
+	"log/slog"
 	"context"
 	"net/http/httptest"
 	"os"
@@ -48,6 +50,7 @@ func (c *clock) Set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
 // verifier, STS issuer against the STS test server, SigV4 verification.
 type env struct {
 	url   string
+	logs  *syncBuffer // everything the server logged, at debug level
 	store *sqlite.Store
 	sts   *ststest.Server
 	clock *clock
@@ -73,7 +76,10 @@ func newEnvWith(t testing.TB, mod func(*identity.Config)) *env {
 		t.Fatal(err)
 	}
 	clk := &clock{t: tokenTime}
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg := identity.Config{
+		Logger:   logger,
 		Store:    st,
 		Verifier: k8s.NewVerifier(k8s.VerifierConfig{Now: clk.Now}),
 		Issuer:   issuer,
@@ -87,7 +93,7 @@ func newEnvWith(t testing.TB, mod func(*identity.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{store: st, sts: stsSrv, clock: clk, keys: map[auth.Scope]auth.Key{}}
+	e := &env{store: st, sts: stsSrv, clock: clk, keys: map[auth.Scope]auth.Key{}, logs: logs}
 	var all []auth.Key
 	for _, scope := range []auth.Scope{auth.ScopeAdmin, auth.ScopeReadOnly} {
 		k, err := auth.GenerateKey(string(scope), scope, nil)
@@ -104,7 +110,7 @@ func newEnvWith(t testing.TB, mod func(*identity.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{Service: svc, Auth: &auth.Verifier{Keys: kr}})
+	srv, err := server.New(server.Config{Service: svc, Auth: &auth.Verifier{Keys: kr}, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,6 +118,24 @@ func newEnvWith(t testing.TB, mod func(*identity.Config)) *env {
 	t.Cleanup(hs.Close)
 	e.url = hs.URL
 	return e
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func creds(k auth.Key) aws.CredentialsProvider {

@@ -152,6 +152,14 @@ func TestAuthentication(t *testing.T) {
 		})
 	}
 
+	// A request captured and replayed after the 5-minute skew window.
+	for _, at := range []time.Time{time.Now().Add(-6 * time.Minute), time.Now().Add(6 * time.Minute)} {
+		status, typ, _ := e.signedRawAt(t, at, e.keys[auth.ScopeAdmin], "eks", "GET", assocPath, nil)
+		if status != http.StatusForbidden || typ != "InvalidSignatureException" {
+			t.Errorf("request signed at %v: %d %s, want 403 InvalidSignatureException", at, status, typ)
+		}
+	}
+
 	// The real SDK surfaces the 403 as an API error with the AWS name.
 	_, err := e.eksClient(wrongSecret).ListPodIdentityAssociations(context.Background(), &eks.ListPodIdentityAssociationsInput{ClusterName: aws.String("cluster-a")})
 	var ae smithy.APIError

@@ -53,6 +53,9 @@ func NewIssuer(url, alg string) (*Issuer, error) {
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
+// PublicKey returns the issuer's public key.
+func (i *Issuer) PublicKey() crypto.PublicKey { return i.key.Public() }
+
 // JWKS returns the public key set as /openid/v1/jwks serves it.
 func (i *Issuer) JWKS() string {
 	k := map[string]string{"use": "sig", "kid": i.KeyID, "alg": i.Alg}
@@ -79,6 +82,11 @@ type Pod struct {
 
 // Token mints a token for p, issued at now and valid for ttl.
 func (i *Issuer) Token(p Pod, now time.Time, ttl time.Duration) (string, error) {
+	return i.Sign(i.Claims(p, now, ttl))
+}
+
+// Claims returns the claims Token would sign, for tests that alter them.
+func (i *Issuer) Claims(p Pod, now time.Time, ttl time.Duration) map[string]any {
 	or := func(v, d string) string {
 		if v == "" {
 			return d
@@ -109,6 +117,11 @@ func (i *Issuer) Token(p Pod, now time.Time, ttl time.Duration) (string, error) 
 		"nbf":           now.Unix(),
 		"sub":           "system:serviceaccount:" + p.Namespace + ":" + p.ServiceAccount,
 	}
+	return claims
+}
+
+// Sign signs any claims with the issuer's key, header {alg, kid}.
+func (i *Issuer) Sign(claims map[string]any) (string, error) {
 	hdr, _ := json.Marshal(map[string]string{"alg": i.Alg, "kid": i.KeyID})
 	body, _ := json.Marshal(claims)
 	input := b64(hdr) + "." + b64(body)
