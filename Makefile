@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: test unit npm-deps bench bench-agent lint build run postgres
+.PHONY: test unit npm-deps fuzz bench bench-agent lint build run postgres e2e
 
 ## test: everything CI runs: vet, unit and integration tests (incl. the npm client).
 test: npm-deps
@@ -10,6 +10,17 @@ test: npm-deps
 npm-deps:
 	@if command -v npm >/dev/null; then cd test/npm && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the @aws-sdk/client-eks test will skip (it fails in CI)"; fi
+
+## e2e: the end-to-end suite on a real kube-apiserver and etcd (see
+## docs/testing.md). The first run builds kube-apiserver (~10 min on 2 cores)
+## and caches it in $XDG_CACHE_HOME/podid-e2e (default ~/.cache/podid-e2e).
+e2e:
+	cd test/e2e && $(GO) run ./cmd/prepare
+	cd test/e2e && $(GO) test -count=1 -timeout 40m ./...
+
+## fuzz: every fuzz target for FUZZTIME (default 10s) each; CI runs 5s.
+fuzz:
+	bash scripts/fuzz.sh
 
 unit:
 	$(GO) test -count=1 ./...

@@ -87,6 +87,9 @@ psql_admin() { as_owner "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$sock" -p "$por
 if [[ "$(psql_admin -tAc "SELECT 1 FROM pg_roles WHERE rolname = '$role'")" != 1 ]]; then
   psql_admin -c "CREATE ROLE $role LOGIN CREATEDB PASSWORD '$password'"
 fi
+# DROP DATABASE ... WITH (FORCE) at test cleanup must be able to end an
+# autovacuum worker busy in that database.
+psql_admin -c "GRANT pg_signal_backend TO $role"
 if [[ "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'")" != 1 ]]; then
   psql_admin -c "CREATE DATABASE $db OWNER $role"
 fi

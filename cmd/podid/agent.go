@@ -10,7 +10,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -31,7 +33,7 @@ import (
 type agentOptions struct {
 	config           string
 	clusterName      string
-	endpoint         string
+	endpoints        []string
 	serverCA         string
 	region           string
 	keyFile          string
@@ -73,7 +75,7 @@ Every flag can also be set as PODID_<FLAG> or in the JSON --config file.`,
 	f := cmd.Flags()
 	f.StringVar(&o.config, "config", "", "JSON config file whose keys are these flag names")
 	f.StringVar(&o.clusterName, "cluster-name", "", "name of this cluster as registered with podid server (required)")
-	f.StringVar(&o.endpoint, "endpoint", "", "podid server's URL, e.g. https://podid.example:8443 (required)")
+	f.StringSliceVar(&o.endpoints, "endpoint", nil, "podid server's URL, e.g. https://podid.example:8443 (required); several replicas as a comma-separated list or a repeated flag, used round-robin with failover")
 	f.StringVar(&o.serverCA, "server-ca", "", "PEM CA bundle to verify podid server's certificate (default: system roots)")
 	f.StringVar(&o.region, "region", "us-east-1", "region to sign calls to podid server with")
 	f.StringVar(&o.keyFile, "key-file", "", "JSON file with the agent's accessKeyId and secretAccessKey")
@@ -169,7 +171,7 @@ func runAgent(ctx context.Context, o *agentOptions) error {
 	switch {
 	case o.clusterName == "":
 		return errors.New("--cluster-name is required")
-	case o.endpoint == "":
+	case len(o.endpoints) == 0:
 		return errors.New("--endpoint is required: podid server's URL")
 	case o.port < 0 || o.port > 65535:
 		return fmt.Errorf("--port %d is not a port number", o.port)
@@ -180,6 +182,10 @@ func runAgent(ctx context.Context, o *agentOptions) error {
 		if _, err := node.ParseTaint(o.removeTaint); err != nil {
 			return fmt.Errorf("--remove-taint: %w", err)
 		}
+	}
+	endpoints, err := parseEndpoints(o.endpoints)
+	if err != nil {
+		return err
 	}
 	key, err := loadAgentKey(o.keyFile)
 	if err != nil {
@@ -204,13 +210,13 @@ func runAgent(ctx context.Context, o *agentOptions) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := agent.NewMetrics(reg)
+	creds := credentials.NewStaticCredentialsProvider(key.AccessKeyID, key.SecretAccessKey, "")
+	clients := make([]*api.Client, 0, len(endpoints))
+	for _, e := range endpoints {
+		clients = append(clients, &api.Client{Endpoint: e, Credentials: creds, Region: o.region, HTTPClient: hc})
+	}
 	remote := agent.NewRemote(agent.RemoteConfig{
-		Client: &api.Client{
-			Endpoint:    o.endpoint,
-			Credentials: credentials.NewStaticCredentialsProvider(key.AccessKeyID, key.SecretAccessKey, ""),
-			Region:      o.region,
-			HTTPClient:  hc,
-		},
+		Clients:  clients,
 		Cluster:  o.clusterName,
 		NodeName: o.nodeName,
 		Logger:   log,
@@ -277,11 +283,39 @@ func runAgent(ctx context.Context, o *agentOptions) error {
 	for _, ln := range lns {
 		addrs = append(addrs, ln.Addr().String())
 	}
-	log.Info("podid agent serving", "addresses", addrs, "cluster", o.clusterName, "endpoint", o.endpoint, "probePort", o.probePort, "metricsPort", o.metricsPort)
+	log.Info("podid agent serving", "addresses", addrs, "cluster", o.clusterName, "endpoints", endpoints, "probePort", o.probePort, "metricsPort", o.metricsPort)
 	if o.removeTaint != "" {
 		g.Go(func() error { removeTaintUntilDone(ctx, log, o.nodeName, o.removeTaint); return nil })
 	}
 	return g.Wait()
+}
+
+// parseEndpoints checks the --endpoint URLs. Each flag value may itself be
+// a comma-separated list (pflag splits those), so the flag, PODID_ENDPOINT
+// and the config file all take "https://a:8443,https://b:8443".
+func parseEndpoints(raw []string) ([]string, error) {
+	var out []string
+	for _, e := range raw {
+		e = strings.TrimSpace(e)
+		if e == "" {
+			return nil, errors.New("--endpoint: empty URL in the list")
+		}
+		u, err := url.Parse(e)
+		switch {
+		case err != nil:
+			// The value is not echoed: a mistyped URL may hold a secret.
+			return nil, errors.New("--endpoint: a URL in the list does not parse; want http(s)://host:port")
+		case u.User != nil:
+			return nil, fmt.Errorf("--endpoint %s: the URL must not carry user information; the agent signs with its key", u.Redacted())
+		case (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+			return nil, fmt.Errorf("--endpoint %q: want an http:// or https:// URL of podid server", e)
+		}
+		if slices.Contains(out, e) {
+			return nil, fmt.Errorf("--endpoint %s is listed twice", e)
+		}
+		out = append(out, e)
+	}
+	return out, nil
 }
 
 // hostForHeader writes an address the way it appears in a Host header.

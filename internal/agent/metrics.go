@@ -17,6 +17,8 @@ type Metrics struct {
 	cacheEntries    prometheus.Gauge
 	serverCalls     *prometheus.CounterVec
 	serverErrors    *prometheus.CounterVec
+	endpointCalls   *prometheus.CounterVec
+	endpointUps     *prometheus.GaugeVec
 	staleServed     prometheus.Counter
 	refreshes       *prometheus.CounterVec
 }
@@ -56,6 +58,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: ns, Name: "server_errors_total",
 			Help: "Failed calls to podid server, by AWS error name (or network, timeout).",
 		}, []string{"code"}),
+		endpointCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "endpoint_calls_total",
+			Help: "Calls to podid server, each attempt counted, by server endpoint and result (ok or error).",
+		}, []string{"endpoint", "result"}),
+		endpointUps: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Name: "endpoint_up",
+			Help: "1 while a podid server endpoint is in use, 0 while the agent skips it after failures.",
+		}, []string{"endpoint"}),
 		staleServed: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Name: "stale_served_total",
 			Help: "Requests answered with cached, still valid credentials because a renewal failed.",
@@ -67,7 +77,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.requestDuration, m.cacheHits, m.cacheMisses, m.cacheEntries,
-			m.serverCalls, m.serverErrors, m.staleServed, m.refreshes)
+			m.serverCalls, m.serverErrors, m.endpointCalls, m.endpointUps, m.staleServed, m.refreshes)
 	}
 	return m
 }
@@ -98,16 +108,29 @@ func (m *Metrics) entries(n int) {
 	}
 }
 
-func (m *Metrics) serverCall(errCode string) {
+// serverCall counts one attempt on endpoint; errCode is empty on success.
+func (m *Metrics) serverCall(endpoint, errCode string) {
 	if m == nil {
 		return
 	}
-	if errCode == "" {
-		m.serverCalls.WithLabelValues("ok").Inc()
+	result := "ok"
+	if errCode != "" {
+		result = "error"
+		m.serverErrors.WithLabelValues(errCode).Inc()
+	}
+	m.serverCalls.WithLabelValues(result).Inc()
+	m.endpointCalls.WithLabelValues(endpoint, result).Inc()
+}
+
+func (m *Metrics) endpointUp(endpoint string, up bool) {
+	if m == nil {
 		return
 	}
-	m.serverCalls.WithLabelValues("error").Inc()
-	m.serverErrors.WithLabelValues(errCode).Inc()
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.endpointUps.WithLabelValues(endpoint).Set(v)
 }
 
 func (m *Metrics) stale() {

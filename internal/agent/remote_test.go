@@ -409,3 +409,333 @@ func TestAccountFromARN(t *testing.T) {
 		}
 	}
 }
+
+// replica is one fake podid server endpoint of a multi-endpoint Remote.
+type replica struct {
+	*eksAuth
+	client *api.Client
+	url    string
+}
+
+func newReplica(t *testing.T, script ...reply) *replica {
+	t.Helper()
+	s := &eksAuth{t: t, script: script}
+	ts := httptest.NewServer(s)
+	t.Cleanup(ts.Close)
+	return &replica{eksAuth: s, client: newClient(ts.URL), url: ts.URL}
+}
+
+// refusedReplica is an endpoint whose port nobody listens on.
+func refusedReplica(t *testing.T) *replica {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := "http://" + ln.Addr().String()
+	ln.Close()
+	return &replica{eksAuth: &eksAuth{t: t}, client: newClient(u), url: u}
+}
+
+// hangingReplica accepts the call and never answers until the test ends.
+func hangingReplica(t *testing.T) *replica {
+	t.Helper()
+	r := newReplica(t)
+	r.blockCh = make(chan struct{})
+	// Registered after the server's Close, so it runs first and lets the
+	// blocked handlers return.
+	t.Cleanup(func() { close(r.blockCh) })
+	return r
+}
+
+func newMultiRemote(t *testing.T, clock *fakeClock, sleeps *sleepRecorder, m *Metrics, replicas ...*replica) *Remote {
+	t.Helper()
+	cfg := RemoteConfig{
+		Cluster: "demo", NodeName: "node-1",
+		// A short attempt timeout keeps the hanging replica cheap; nothing
+		// asserts on how long anything takes.
+		Timeout: 100 * time.Millisecond,
+		Sleep:   sleeps.Sleep, Now: clock.Now, Metrics: m,
+	}
+	for _, r := range replicas {
+		cfg.Clients = append(cfg.Clients, r.client)
+	}
+	return NewRemote(cfg)
+}
+
+func callCounts(rs ...*replica) []int {
+	out := make([]int, len(rs))
+	for i, r := range rs {
+		out[i] = r.Calls()
+	}
+	return out
+}
+
+func TestRemoteFailover(t *testing.T) {
+	refused, unavailable, hanging := refusedReplica(t), newReplica(t, reply{503, "ServiceUnavailableException", ""}), hangingReplica(t)
+	proxy502 := newReplica(t, reply{502, "", "<html>bad gateway</html>"})
+	healthy := newReplica(t)
+	clock, sleeps, m := newClock(), &sleepRecorder{}, NewMetrics(nil)
+	r := newMultiRemote(t, clock, sleeps, m, refused, unavailable, hanging, proxy502, healthy)
+
+	if _, err := r.Retrieve(context.Background(), podToken(t, "app")); err != nil {
+		t.Fatalf("Retrieve: %v", err)
+	}
+	// Each broken endpoint was tried once, in order, with no backoff between:
+	// another endpoint was always left to try.
+	if diff := cmp.Diff([]int{0, 1, 1, 1, 1}, callCounts(refused, unavailable, hanging, proxy502, healthy)); diff != "" {
+		t.Errorf("calls per endpoint (-want +got):\n%s", diff)
+	}
+	if s := sleeps.Sleeps(); len(s) != 0 {
+		t.Errorf("backoff sleeps = %v, want none before every endpoint was tried", s)
+	}
+	for _, c := range []struct {
+		r      *replica
+		result string
+		want   float64
+	}{
+		{refused, "error", 1}, {unavailable, "error", 1}, {hanging, "error", 1}, {proxy502, "error", 1}, {healthy, "ok", 1},
+	} {
+		if got := testutil.ToFloat64(m.endpointCalls.WithLabelValues(c.r.url, c.result)); got != c.want {
+			t.Errorf(`endpoint_calls_total{endpoint=%q,result=%q} = %v, want %v`, c.r.url, c.result, got, c.want)
+		}
+	}
+	for _, code := range []string{"network", "ServiceUnavailableException", "timeout", "UnknownError"} {
+		if got := testutil.ToFloat64(m.serverErrors.WithLabelValues(code)); got != 1 {
+			t.Errorf("server_errors_total{code=%q} = %v, want 1", code, got)
+		}
+	}
+
+	// The failed endpoints are now skipped: the next calls go straight to
+	// the healthy one.
+	for range 3 {
+		if _, err := r.Retrieve(context.Background(), podToken(t, "app")); err != nil {
+			t.Fatalf("Retrieve: %v", err)
+		}
+	}
+	if diff := cmp.Diff([]int{0, 1, 1, 1, 4}, callCounts(refused, unavailable, hanging, proxy502, healthy)); diff != "" {
+		t.Errorf("calls per endpoint after failover (-want +got):\n%s", diff)
+	}
+	for _, rep := range []*replica{refused, unavailable, hanging, proxy502} {
+		if got := testutil.ToFloat64(m.endpointUps.WithLabelValues(rep.url)); got != 0 {
+			t.Errorf("endpoint_up{endpoint=%q} = %v, want 0", rep.url, got)
+		}
+	}
+	if got := testutil.ToFloat64(m.endpointUps.WithLabelValues(healthy.url)); got != 1 {
+		t.Errorf("endpoint_up{endpoint=%q} = %v, want 1", healthy.url, got)
+	}
+}
+
+func TestRemoteAllEndpointsDown(t *testing.T) {
+	a, b := refusedReplica(t), newReplica(t, reply{503, "ServiceUnavailableException", ""})
+	clock, sleeps := newClock(), &sleepRecorder{}
+	r := newMultiRemote(t, clock, sleeps, nil, a, b)
+	for call := 1; call <= 2; call++ {
+		_, err := r.Retrieve(context.Background(), podToken(t, "app"))
+		var e *Error
+		if !errors.As(err, &e) || e.Status != 503 || e.Code != "ServiceUnavailableException" {
+			t.Fatalf("call %d: err = %v, want a 503 *Error", call, err)
+		}
+	}
+	// Three attempts a call (the default), one backoff after both endpoints
+	// failed. Marked down, the endpoints are still tried: with every one
+	// down, skipping them would fail calls after the servers recover.
+	if got := len(sleeps.Sleeps()); got != 2 {
+		t.Errorf("backoff sleeps = %d, want 1 per call", got)
+	}
+	if got := b.Calls(); got < 2 || got > 4 {
+		t.Errorf("calls to the 503 endpoint = %d, want 2 to 4 over two calls of 3 attempts", got)
+	}
+
+	// The refusing one comes back on its old port: the next call finds it
+	// although its down interval has not passed.
+	ln, err := net.Listen("tcp", strings.TrimPrefix(a.url, "http://"))
+	if err != nil {
+		t.Skipf("cannot listen on the freed port again: %v", err)
+	}
+	srv := &http.Server{Handler: a.eksAuth}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	if _, err := r.Retrieve(context.Background(), podToken(t, "app")); err != nil {
+		t.Fatalf("after recovery: %v", err)
+	}
+	if a.Calls() != 1 {
+		t.Errorf("calls to the recovered endpoint = %d, want 1", a.Calls())
+	}
+}
+
+func TestRemoteEndpointRecovery(t *testing.T) {
+	a := newReplica(t, reply{503, "ServiceUnavailableException", ""}, reply{503, "ServiceUnavailableException", ""}, reply{200, "", ""})
+	b := newReplica(t)
+	clock, sleeps, m := newClock(), &sleepRecorder{}, NewMetrics(nil)
+	r := newMultiRemote(t, clock, sleeps, m, a, b)
+	r.cfg.EndpointDownMin, r.cfg.EndpointDownMax = time.Second, 4*time.Second
+	call := func() {
+		t.Helper()
+		if _, err := r.Retrieve(context.Background(), podToken(t, "app")); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	call() // a: 503, b: ok
+	if diff := cmp.Diff([]int{1, 1}, callCounts(a, b)); diff != "" {
+		t.Fatalf("calls (-want +got):\n%s", diff)
+	}
+	// Down for 0.5s to 1s: skipped meanwhile.
+	clock.Advance(499 * time.Millisecond)
+	call()
+	call()
+	if diff := cmp.Diff([]int{1, 3}, callCounts(a, b)); diff != "" {
+		t.Fatalf("calls while a is down (-want +got):\n%s", diff)
+	}
+	// Past the interval, one call probes a; it fails again and the call
+	// fails over to b.
+	clock.Advance(501 * time.Millisecond)
+	call()
+	if diff := cmp.Diff([]int{2, 4}, callCounts(a, b)); diff != "" {
+		t.Fatalf("calls after the probe (-want +got):\n%s", diff)
+	}
+	// The second failure doubles the interval to 1s..2s.
+	clock.Advance(999 * time.Millisecond)
+	call()
+	if diff := cmp.Diff([]int{2, 5}, callCounts(a, b)); diff != "" {
+		t.Fatalf("calls within the longer interval (-want +got):\n%s", diff)
+	}
+	clock.Advance(1001 * time.Millisecond)
+	call() // the probe of a succeeds
+	if diff := cmp.Diff([]int{3, 5}, callCounts(a, b)); diff != "" {
+		t.Fatalf("calls at the second probe (-want +got):\n%s", diff)
+	}
+	if got := testutil.ToFloat64(m.endpointUps.WithLabelValues(a.url)); got != 1 {
+		t.Errorf("endpoint_up of the recovered endpoint = %v, want 1", got)
+	}
+	// Back in the rotation: the load is shared again.
+	for range 4 {
+		call()
+	}
+	if diff := cmp.Diff([]int{5, 7}, callCounts(a, b)); diff != "" {
+		t.Errorf("calls after recovery (-want +got):\n%s", diff)
+	}
+	if s := sleeps.Sleeps(); len(s) != 0 {
+		t.Errorf("backoff sleeps = %v, want none", s)
+	}
+}
+
+func TestRemoteOneProbeAtATime(t *testing.T) {
+	a := newReplica(t, reply{503, "ServiceUnavailableException", ""}, reply{200, "", ""})
+	b := newReplica(t)
+	clock := newClock()
+	r := newMultiRemote(t, clock, &sleepRecorder{}, nil, a, b)
+	r.cfg.Timeout = time.Minute
+	if _, err := r.Retrieve(context.Background(), podToken(t, "app")); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Minute)
+
+	// The probe of a hangs; meanwhile other calls keep to b.
+	a.mu.Lock()
+	a.blockCh = make(chan struct{})
+	a.mu.Unlock()
+	probe := make(chan error, 1)
+	go func() {
+		_, err := r.Retrieve(context.Background(), podToken(t, "app"))
+		probe <- err
+	}()
+	for a.Calls() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	for range 3 {
+		if _, err := r.Retrieve(context.Background(), podToken(t, "app")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if diff := cmp.Diff([]int{2, 4}, callCounts(a, b)); diff != "" {
+		t.Errorf("calls during the probe (-want +got):\n%s", diff)
+	}
+	close(a.blockCh)
+	if err := <-probe; err != nil {
+		t.Fatalf("probe call: %v", err)
+	}
+}
+
+func TestRemoteFailoverFinalAnswers(t *testing.T) {
+	tests := []struct {
+		name       string
+		first      reply
+		wantStatus int
+		wantCalls  []int
+		wantSleeps int
+	}{
+		{"token error is final", reply{400, "InvalidTokenException", ""}, 400, []int{1, 0}, 0},
+		{"no association is final", reply{404, "ResourceNotFoundException", ""}, 404, []int{1, 0}, 0},
+		{"agent key rejected is final", reply{403, "UnrecognizedClientException", ""}, 500, []int{1, 0}, 0},
+		// Throttling is load: back off rather than hand it to the next
+		// replica at once; the retry then goes round-robin to b.
+		{"throttling backs off", reply{429, "ThrottlingException", ""}, 200, []int{1, 1}, 1},
+		{"5xx fails over", reply{500, "InternalServerException", ""}, 200, []int{1, 1}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := newReplica(t, tt.first, reply{200, "", ""}), newReplica(t)
+			sleeps := &sleepRecorder{}
+			r := newMultiRemote(t, newClock(), sleeps, nil, a, b)
+			_, err := r.Retrieve(context.Background(), podToken(t, "app"))
+			status := 200
+			var e *Error
+			if errors.As(err, &e) {
+				status = e.Status
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if status != tt.wantStatus {
+				t.Errorf("status = %d, want %d (%v)", status, tt.wantStatus, err)
+			}
+			if diff := cmp.Diff(tt.wantCalls, callCounts(a, b)); diff != "" {
+				t.Errorf("calls (-want +got):\n%s", diff)
+			}
+			if got := len(sleeps.Sleeps()); got != tt.wantSleeps {
+				t.Errorf("sleeps = %d, want %d", got, tt.wantSleeps)
+			}
+		})
+	}
+}
+
+// TestRemoteConcurrentFailuresCountOnce: when a replica dies, every call in
+// flight to it fails; that is one failure, not dozens that would push its
+// down interval to the maximum.
+func TestRemoteConcurrentFailuresCountOnce(t *testing.T) {
+	a, b := newReplica(t), newReplica(t)
+	r := newMultiRemote(t, newClock(), &sleepRecorder{}, nil, a, b)
+	ep := r.endpoints[0]
+	var epochs []uint64
+	for range 10 {
+		i, epoch, probe := r.pick([]bool{false, true})
+		if i != 0 || probe {
+			t.Fatalf("pick = %d, probe %v; want endpoint 0 without probe", i, probe)
+		}
+		epochs = append(epochs, epoch)
+	}
+	for _, e := range epochs {
+		r.record(ep, e, false, outcomeDown)
+	}
+	if ep.failures != 1 {
+		t.Errorf("failures = %d, want 1", ep.failures)
+	}
+	// A success of a call that started before the failure does not reopen it.
+	r.record(ep, epochs[0], false, outcomeUp)
+	if ep.failures != 1 {
+		t.Errorf("after a stale success: failures = %d, want 1", ep.failures)
+	}
+}
+
+func TestEndpointName(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://podid.example:8443":         "https://podid.example:8443",
+		"https://user:pw@podid.example:8443": "https://podid.example:8443",
+		"http://127.0.0.1:1/base":            "http://127.0.0.1:1/base",
+	} {
+		if got := endpointName(in); got != want {
+			t.Errorf("endpointName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"context"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -49,7 +50,8 @@ func (c *clock) Set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
 // env is a podid server wired from its real parts: SQLite store, JWKS
 // verifier, STS issuer against the STS test server, SigV4 verification.
 type env struct {
-	url   string
+	url     string
+	handler http.Handler
 	logs  *syncBuffer // everything the server logged, at debug level
 	store *sqlite.Store
 	sts   *ststest.Server
@@ -114,7 +116,8 @@ func newEnvWith(t testing.TB, mod func(*identity.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(srv.Handler())
+	e.handler = srv.Handler()
+	hs := httptest.NewServer(e.handler)
 	t.Cleanup(hs.Close)
 	e.url = hs.URL
 	return e

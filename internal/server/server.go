@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path"
 	"strings"
 	"time"
 
@@ -57,7 +58,19 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Handler returns the server's root handler.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// ServeMux would answer a path with ".", ".." or "//" with a
+		// redirect no AWS client follows; say plainly there is no such
+		// operation instead.
+		if p := r.URL.Path; p == "" || p[0] != '/' || (p != "/" && path.Clean(p) != strings.TrimSuffix(p, "/")) || strings.HasSuffix(p, "//") {
+			s.writeError(w, r, apiEKS, &requestError{name: "UnknownOperationException", status: http.StatusNotFound,
+				message: fmt.Sprintf("no operation at %s %s", r.Method, truncatePath(p))})
+			return
+		}
+		s.mux.ServeHTTP(w, r)
+	})
+}
 
 // operation describes one API operation: its API, the scopes that may call
 // it and its handler.
