@@ -115,6 +115,13 @@ func (s *Service) assume(ctx context.Context, in AssumeInput, ev *AuditEvent) (*
 	if err != nil {
 		return nil, err
 	}
+	if s.cfg.Limiter != nil {
+		release, err := s.cfg.Limiter.Acquire(ctx, c.Name, claims.Namespace)
+		if err != nil {
+			return nil, &Error{Code: CodeThrottling, Message: err.Error() + "; retry with backoff", Err: err}
+		}
+		defer release()
+	}
 	role, err := s.cfg.Issuer.AssumeRole(ctx, req)
 	if err != nil {
 		return nil, err

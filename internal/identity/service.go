@@ -24,8 +24,16 @@ type KeyChecker interface {
 	CheckKeys(ctx context.Context, c *Cluster) (int, error)
 }
 
+// Limiter admits STS calls per namespace; see internal/ratelimit. Acquire
+// returns a release func to call when the STS call is done.
+type Limiter interface {
+	Acquire(ctx context.Context, cluster, namespace string) (release func(), err error)
+}
+
 // Config configures a Service.
 type Config struct {
+	// Limiter, if set, bounds and fairly shares STS calls by namespace.
+	Limiter  Limiter
 	Store    Store
 	Verifier TokenVerifier
 	Issuer   Issuer

@@ -12,6 +12,7 @@ import (
 	"github.com/podid/podid/api"
 	"github.com/podid/podid/internal/identity"
 	"github.com/podid/podid/internal/k8s"
+	"github.com/podid/podid/internal/server"
 )
 
 // coldVerifier verifies each token with a fresh verifier, so every call
@@ -28,7 +29,7 @@ func (c coldVerifier) Verify(ctx context.Context, cl *identity.Cluster, token st
 func BenchmarkAssumeRoleForPodIdentity(b *testing.B) {
 	for _, mode := range []string{"warm", "cold"} {
 		b.Run(mode, func(b *testing.B) {
-			e := newEnvWith(b, func(cfg *identity.Config) {
+			e := newEnvWith(b, func(cfg *identity.Config, _ *server.Config) {
 				if mode == "cold" {
 					cfg.Verifier = coldVerifier{k8s.VerifierConfig{Now: func() time.Time { return tokenTime }}}
 				}

@@ -2,8 +2,8 @@ package server_test
 
 import (
 	"bytes"
-	"log/slog"
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -52,18 +52,19 @@ func (c *clock) Set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
 type env struct {
 	url     string
 	handler http.Handler
-	logs  *syncBuffer // everything the server logged, at debug level
-	store *sqlite.Store
-	sts   *ststest.Server
-	clock *clock
-	keys  map[auth.Scope]auth.Key
-	agent auth.Key // bound to cluster-a only
+	logs    *syncBuffer // everything the server logged, at debug level
+	store   *sqlite.Store
+	sts     *ststest.Server
+	clock   *clock
+	keys    map[auth.Scope]auth.Key
+	agent   auth.Key // bound to cluster-a only
 }
 
 func newEnv(t testing.TB) *env { return newEnvWith(t, nil) }
 
-// newEnvWith is newEnv with a hook to change the service's config.
-func newEnvWith(t testing.TB, mod func(*identity.Config)) *env {
+// newEnvWith is newEnv with a hook to change the service's and the
+// server's config.
+func newEnvWith(t testing.TB, mod func(*identity.Config, *server.Config)) *env {
 	t.Helper()
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "podid.db"))
@@ -83,13 +84,14 @@ func newEnvWith(t testing.TB, mod func(*identity.Config)) *env {
 	cfg := identity.Config{
 		Logger:   logger,
 		Store:    st,
-		Verifier: k8s.NewVerifier(k8s.VerifierConfig{Now: clk.Now}),
+		Verifier: k8s.NewVerifier(k8s.VerifierConfig{Now: clk.Now, Logger: logger}),
 		Issuer:   issuer,
 		Region:   testRegion,
 		Account:  testAccount,
 	}
+	scfg := server.Config{Logger: logger}
 	if mod != nil {
-		mod(&cfg)
+		mod(&cfg, &scfg)
 	}
 	svc, err := identity.New(cfg)
 	if err != nil {
@@ -112,7 +114,8 @@ func newEnvWith(t testing.TB, mod func(*identity.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{Service: svc, Auth: &auth.Verifier{Keys: kr}, Logger: logger})
+	scfg.Service, scfg.Auth = svc, &auth.Verifier{Keys: kr}
+	srv, err := server.New(scfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,11 +33,16 @@ const (
 type Config struct {
 	Service *identity.Service
 	Auth    *auth.Verifier
-	Logger  *slog.Logger
+	// KeyLimiter, if set, bounds AssumeRoleForPodIdentity calls per key.
+	KeyLimiter interface {
+		AllowKey(accessKeyID string) error
+	}
+	Logger *slog.Logger
 }
 
 // Server serves podid's HTTP APIs.
 type Server struct {
+	keys interface{ AllowKey(string) error }
 	svc  *identity.Service
 	auth *auth.Verifier
 	log  *slog.Logger
@@ -52,7 +57,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{svc: cfg.Service, auth: cfg.Auth, log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{svc: cfg.Service, auth: cfg.Auth, keys: cfg.KeyLimiter, log: cfg.Logger, mux: http.NewServeMux()}
 	s.routes()
 	return s, nil
 }
@@ -155,6 +160,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, op operation) (in
 	}
 	if err := authorize(p, op, r.PathValue("clusterName")); err != nil {
 		return 0, err
+	}
+	if op.assume && s.keys != nil {
+		if err := s.keys.AllowKey(p.AccessKeyID); err != nil {
+			return 0, &identity.Error{Code: identity.CodeThrottling, Message: err.Error() + "; retry with backoff", Err: err}
+		}
 	}
 	out, err := op.handle(&request{Request: r, principal: p, body: body})
 	if err != nil {
