@@ -89,7 +89,7 @@ if [[ "$(psql_admin -tAc "SELECT 1 FROM pg_roles WHERE rolname = '$role'")" != 1
 fi
 # DROP DATABASE ... WITH (FORCE) at test cleanup must be able to end an
 # autovacuum worker busy in that database.
-psql_admin -c "GRANT pg_signal_backend TO $role"
+psql_admin -c "SET client_min_messages TO warning; GRANT pg_signal_backend TO $role"
 if [[ "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'")" != 1 ]]; then
   psql_admin -c "CREATE DATABASE $db OWNER $role"
 fi

@@ -19,6 +19,7 @@ import (
 	"github.com/podid/podid/internal/k8s"
 	"github.com/podid/podid/internal/server"
 	"github.com/podid/podid/internal/store"
+	"github.com/podid/podid/internal/store/cache"
 	"github.com/podid/podid/internal/sts"
 )
 
@@ -36,6 +37,7 @@ type serverOptions struct {
 	stsRegion       string
 	sessionDuration time.Duration
 	logLevel        string
+	cacheTTL        time.Duration
 }
 
 func defaultDataDir() string {
@@ -81,6 +83,7 @@ instance role, ...).`,
 	f.StringVar(&o.stsRegion, "sts-region", "", "region to sign STS calls for (default: --region)")
 	f.DurationVar(&o.sessionDuration, "session-duration", identity.DefaultSessionDuration, "lifetime of the credentials requested from STS (15m to 12h)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.DurationVar(&o.cacheTTL, "cache-ttl", cache.DefaultTTL, "longest time a cluster or association lookup is served from this replica's memory; writes through any replica invalidate sooner (0 disables the cache)")
 	return cmd
 }
 
@@ -119,6 +122,11 @@ func runServer(ctx context.Context, o *serverOptions) error {
 		return fmt.Errorf("opening store: %w", err)
 	}
 	defer st.Close()
+	lookups, stopCache, err := cacheLookups(ctx, st, o.cacheTTL, log)
+	if err != nil {
+		return err
+	}
+	defer stopCache()
 
 	stsRegion := o.stsRegion
 	if stsRegion == "" {
@@ -129,7 +137,7 @@ func runServer(ctx context.Context, o *serverOptions) error {
 		return fmt.Errorf("setting up STS: %w", err)
 	}
 	svc, err := identity.New(identity.Config{
-		Store:           st,
+		Store:           lookups,
 		Verifier:        k8s.NewVerifier(k8s.VerifierConfig{Logger: log}),
 		Issuer:          issuer,
 		Region:          o.region,
@@ -179,4 +187,43 @@ func ensureKeysFile(path string, log *slog.Logger) error {
 	}
 	log.Info("generated an admin access key", "path", path, "accessKeyId", k.AccessKeyID)
 	return nil
+}
+
+// cacheLookups puts this replica's lookup cache in front of st, for the
+// credential hot path, and starts following the store's change feed. With
+// PostgreSQL every replica's writes arrive by LISTEN/NOTIFY; otherwise this
+// process is taken to be the only writer, its own writes invalidate, and a
+// write by anything else is seen within the TTL. A TTL of 0 disables the
+// cache. stop ends the feed; call it before closing st.
+func cacheLookups(ctx context.Context, st identity.Store, ttl time.Duration, log *slog.Logger) (lookups identity.Store, stop func(), err error) {
+	switch {
+	case ttl < 0:
+		return nil, nil, fmt.Errorf("--cache-ttl must not be negative, got %v", ttl)
+	case ttl == 0:
+		log.Info("lookup cache disabled: every credential request reads the store")
+		return st, func() {}, nil
+	}
+	opts := cache.Options{TTL: ttl, Logger: log}
+	mode := "local"
+	if feed, ok := st.(cache.Feed); ok {
+		opts.Feed = feed
+		mode = "listen"
+	}
+	c := cache.New(st, opts)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := c.Run(ctx); err != nil {
+			log.Error("lookup cache stopped", "error", err)
+		}
+	}()
+	if mode == "listen" {
+		log.Info("lookup cache on; invalidated by the store's change feed (LISTEN/NOTIFY), so writes through any replica apply within milliseconds",
+			"invalidation", mode, "ttl", ttl)
+	} else {
+		log.Info("lookup cache on; invalidated by this process's own writes, other writers to the store are seen within the TTL",
+			"invalidation", mode, "ttl", ttl)
+	}
+	return c, func() { cancel(); <-done }, nil
 }

@@ -45,6 +45,18 @@
 // Audit IDs come from an identity column: they increase across replicas and
 // restarts.
 //
+// # Change notifications
+//
+// Schema version 2 adds triggers that announce every committed change to
+// clusters and associations on the podid_changes channel (NOTIFY), with a
+// JSON payload naming what changed. Store.Listen follows them on one
+// connection of its own, outside the pool, reconnecting with backoff, and
+// implements cache.Feed, so each replica's lookup cache drops what another
+// replica's write made stale; see package cache. LISTEN needs a session:
+// behind a pooler in transaction mode it cannot work, so point podid at
+// PostgreSQL itself or a session-mode pool, or run with --cache-ttl 0. The
+// listener's application_name ends in "podid-listener".
+//
 // Cluster key sources may hold an API server bearer token: restrict who can
 // read the clusters table, and use TLS (sslmode=verify-full) to reach the
 // server.

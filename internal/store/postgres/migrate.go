@@ -89,6 +89,103 @@ CREATE TABLE audit (
 -- The audit ledger is paged newest first, optionally for one cluster.
 CREATE INDEX audit_cluster_id ON audit (cluster, id);
 `,
+	// 2: announce every committed change to clusters and associations on
+	// the podid_changes channel, so that each replica drops the lookups
+	// it cached (see Store.Listen and package cache). Triggers, not the
+	// Store's own statements, so that cascades and changes made by hand
+	// are announced too. NOTIFY is sent at commit, never for a rolled
+	// back transaction, and identical payloads of one transaction are
+	// sent once.
+	`
+-- podid_notify_change sends one change. A payload must stay under
+-- NOTIFY's 8000 bytes; one that would not is widened to the whole cluster,
+-- then to everything, which drops more but never less.
+CREATE FUNCTION podid_notify_change(kind text, cluster text, namespace text, service_account text, id text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+	payload text := json_build_object('kind', kind, 'cluster', cluster, 'namespace', namespace,
+		'serviceAccount', service_account, 'id', id)::text;
+BEGIN
+	IF octet_length(payload) > 7000 THEN
+		payload := json_build_object('kind', 'cluster', 'cluster', cluster)::text;
+	END IF;
+	IF octet_length(payload) > 7000 THEN
+		payload := '{"kind":"all"}';
+	END IF;
+	PERFORM pg_notify('podid_changes', payload);
+END
+$$;
+
+-- One statement may touch many associations (a bulk import, the cascade of
+-- a cluster delete): past 100 rows, one change per cluster replaces one per
+-- row. Only the transition tables a trigger declares may be read, hence
+-- the branches.
+CREATE FUNCTION podid_associations_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+	keys jsonb;
+BEGIN
+	IF TG_OP = 'INSERT' THEN
+		SELECT jsonb_agg(jsonb_build_array(cluster, namespace, service_account, id)) INTO keys FROM new_rows;
+	ELSIF TG_OP = 'UPDATE' THEN
+		SELECT jsonb_agg(jsonb_build_array(cluster, namespace, service_account, id)) INTO keys
+		FROM (SELECT cluster, namespace, service_account, id FROM old_rows
+		      UNION SELECT cluster, namespace, service_account, id FROM new_rows) r;
+	ELSE
+		SELECT jsonb_agg(jsonb_build_array(cluster, namespace, service_account, id)) INTO keys FROM old_rows;
+	END IF;
+	IF keys IS NULL THEN
+		RETURN NULL;
+	END IF;
+	IF jsonb_array_length(keys) > 100 THEN
+		PERFORM podid_notify_change('cluster', c, NULL, NULL, NULL)
+		FROM (SELECT DISTINCT k->>0 AS c FROM jsonb_array_elements(keys) k) d;
+	ELSE
+		PERFORM podid_notify_change('association', k->>0, k->>1, k->>2, k->>3)
+		FROM jsonb_array_elements(keys) k;
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION podid_clusters_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF TG_OP = 'INSERT' THEN
+		PERFORM podid_notify_change('cluster', name, NULL, NULL, NULL) FROM new_rows;
+	ELSIF TG_OP = 'UPDATE' THEN
+		PERFORM podid_notify_change('cluster', name, NULL, NULL, NULL)
+		FROM (SELECT name FROM old_rows UNION SELECT name FROM new_rows) r;
+	ELSE
+		PERFORM podid_notify_change('cluster', name, NULL, NULL, NULL) FROM old_rows;
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION podid_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_notify('podid_changes', '{"kind":"all"}');
+	RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER associations_inserted AFTER INSERT ON associations
+	REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION podid_associations_changed();
+CREATE TRIGGER associations_updated AFTER UPDATE ON associations
+	REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION podid_associations_changed();
+CREATE TRIGGER associations_deleted AFTER DELETE ON associations
+	REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION podid_associations_changed();
+CREATE TRIGGER associations_truncated AFTER TRUNCATE ON associations
+	FOR EACH STATEMENT EXECUTE FUNCTION podid_truncated();
+
+CREATE TRIGGER clusters_inserted AFTER INSERT ON clusters
+	REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION podid_clusters_changed();
+CREATE TRIGGER clusters_updated AFTER UPDATE ON clusters
+	REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION podid_clusters_changed();
+CREATE TRIGGER clusters_deleted AFTER DELETE ON clusters
+	REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION podid_clusters_changed();
+CREATE TRIGGER clusters_truncated AFTER TRUNCATE ON clusters
+	FOR EACH STATEMENT EXECUTE FUNCTION podid_truncated();
+`,
 }
 
 // migrate brings the database to len(steps), one transaction per step, so

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -33,8 +34,16 @@ type Store struct {
 	// target names the database for errors: host, port and database name,
 	// never the user's password.
 	target string
+	// secrets are the URL's passwords, kept to redact listener errors.
+	secrets []string
 
 	closeOnce sync.Once
+
+	// listenPID is the backend PID of the Listen connection.
+	listenPID atomic.Uint32
+	// syncs are the Sync calls waiting for their marker, by token.
+	syncMu sync.Mutex
+	syncs  map[string]chan struct{}
 }
 
 var _ identity.Store = (*Store)(nil)
@@ -77,7 +86,7 @@ func open(ctx context.Context, connURL string, steps []string) (*Store, error) {
 		pool.Close()
 		return nil, redact(fmt.Errorf("postgres: %s: %w", target, err), secrets)
 	}
-	return &Store{pool: pool, target: target}, nil
+	return &Store{pool: pool, target: target, secrets: secrets}, nil
 }
 
 // describe names the database as host:port/dbname for messages.

@@ -73,6 +73,12 @@ CREATE TABLE audit (
 -- The audit ledger is paged newest first, optionally for one cluster.
 CREATE INDEX audit_cluster_id ON audit (cluster, id);
 `,
+	// 2: change notifications. PostgreSQL announces every change to
+	// clusters and associations so replicas can drop cached lookups;
+	// SQLite has no such channel, and its one server process drops what
+	// its own writes make stale (package cache), so the step changes
+	// nothing here. It keeps the version numbers of both backends equal.
+	`SELECT 1;`,
 }
 
 // migrate brings db to len(steps), one transaction per step, so a failed
