@@ -32,10 +32,12 @@ type stack struct {
 	agentURL   string // http://127.0.0.1:<port>
 	probeURL   string
 	metricsURL string
-	sts        *ststest.Server
-	issuer     *k8stest.Issuer
-	admin      auth.Key
-	stopServer context.CancelFunc
+	// serverMetricsURL is podid server's /metrics.
+	serverMetricsURL string
+	sts              *ststest.Server
+	issuer           *k8stest.Issuer
+	admin            auth.Key
+	stopServer       context.CancelFunc
 }
 
 const stackRole = "arn:aws:iam::111122223333:role/web"
@@ -80,8 +82,10 @@ func startStack(t *testing.T, agentHost string, agentPort string) *stack {
 	serverAddr := freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopServer = cancel
+	serverMetrics := freeAddr(t)
+	s.serverMetricsURL = "http://" + serverMetrics + "/metrics"
 	done := runCmd(t, ctx, "server", "--listen", serverAddr, "--data-dir", dir, "--keys-file", keysFile,
-		"--sts-endpoint", s.sts.URL, "--account", "111122223333", "--log-level", "warn")
+		"--sts-endpoint", s.sts.URL, "--account", "111122223333", "--log-level", "warn", "--metrics-listen", serverMetrics)
 	t.Cleanup(func() { cancel(); <-done })
 	s.serverURL = "http://" + serverAddr
 	waitHealthy(t, s.serverURL, done)
@@ -230,6 +234,18 @@ func TestAgentWithGoSDK(t *testing.T) {
 		t.Errorf("STS pod tag after rotation %q, want web-1b", got)
 	}
 
+	resp, err := http.Get(s.serverMetricsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, m := range []string{`podid_server_requests_total{code="200",error_type="",operation="AssumeRoleForPodIdentity"}`, "podid_server_ratelimit_key_rate 100", "podid_server_sts_calls_in_flight"} {
+		if !strings.Contains(string(body), m) {
+			t.Errorf("server metrics lack %s", m)
+		}
+	}
+
 	// podid server goes away: cached credentials are still served.
 	s.stopServer()
 	time.Sleep(100 * time.Millisecond)
@@ -237,11 +253,11 @@ func TestAgentWithGoSDK(t *testing.T) {
 		t.Error("outage: cached credentials were not served")
 	}
 
-	resp, err := http.Get(s.metricsURL + "/metrics")
+	resp, err = http.Get(s.metricsURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
+	body, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, m := range []string{"podid_agent_requests_total", "podid_agent_cache_hits_total", "podid_agent_server_calls_total"} {
 		if !strings.Contains(string(body), m) {

@@ -8,15 +8,21 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"golang.org/x/time/rate"
 
 	"github.com/podid/podid/internal/auth"
 	"github.com/podid/podid/internal/identity"
 	"github.com/podid/podid/internal/k8s"
+	"github.com/podid/podid/internal/ratelimit"
 	"github.com/podid/podid/internal/server"
 	"github.com/podid/podid/internal/store"
 	"github.com/podid/podid/internal/store/cache"
@@ -38,6 +44,10 @@ type serverOptions struct {
 	sessionDuration time.Duration
 	logLevel        string
 	cacheTTL        time.Duration
+	perKey          float64
+	perNamespace    float64
+	maxConcurrent   int
+	metricsListen   string
 }
 
 func defaultDataDir() string {
@@ -84,6 +94,10 @@ instance role, ...).`,
 	f.DurationVar(&o.sessionDuration, "session-duration", identity.DefaultSessionDuration, "lifetime of the credentials requested from STS (15m to 12h)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.DurationVar(&o.cacheTTL, "cache-ttl", cache.DefaultTTL, "longest time a cluster or association lookup is served from this replica's memory; writes through any replica invalidate sooner (0 disables the cache)")
+	f.Float64Var(&o.perKey, "rate-limit-per-key", 100, "AssumeRoleForPodIdentity calls per second per access key (burst 2x; 0 disables)")
+	f.Float64Var(&o.perNamespace, "rate-limit-per-namespace", 20, "AssumeRoleForPodIdentity calls per second per cluster namespace (burst 2x; 0 disables)")
+	f.IntVar(&o.maxConcurrent, "max-concurrent-sts", 64, "STS calls in flight at most, shared round robin between namespaces (0: unlimited)")
+	f.StringVar(&o.metricsListen, "metrics-listen", "", "address for Prometheus /metrics, e.g. :9090 (default: off)")
 	return cmd
 }
 
@@ -136,7 +150,18 @@ func runServer(ctx context.Context, o *serverOptions) error {
 	if err != nil {
 		return fmt.Errorf("setting up STS: %w", err)
 	}
+	if o.perKey < 0 || o.perNamespace < 0 || o.maxConcurrent < 0 {
+		return errors.New("--rate-limit-per-key, --rate-limit-per-namespace and --max-concurrent-sts must not be negative")
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	limiter := ratelimit.New(ratelimit.Config{
+		PerKey: rate.Limit(o.perKey), KeyBurst: int(2 * o.perKey),
+		PerNamespace: rate.Limit(o.perNamespace), NamespaceBurst: int(2 * o.perNamespace),
+		MaxConcurrent: o.maxConcurrent, Registerer: reg,
+	})
 	svc, err := identity.New(identity.Config{
+		Limiter:         limiter,
 		Store:           lookups,
 		Verifier:        k8s.NewVerifier(k8s.VerifierConfig{Logger: log}),
 		Issuer:          issuer,
@@ -148,9 +173,19 @@ func runServer(ctx context.Context, o *serverOptions) error {
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(server.Config{Service: svc, Auth: &auth.Verifier{Keys: keys}, Logger: log})
+	srv, err := server.New(server.Config{Service: svc, Auth: &auth.Verifier{Keys: keys}, KeyLimiter: limiter, Registerer: reg, Logger: log})
 	if err != nil {
 		return err
+	}
+	if o.metricsListen != "" {
+		mln, err := net.Listen("tcp", o.metricsListen)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen %s: %w", o.metricsListen, err)
+		}
+		msrv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = msrv.Serve(mln) }()
+		defer msrv.Close()
+		log.Info("metrics listening", "address", mln.Addr().String())
 	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {

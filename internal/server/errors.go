@@ -76,8 +76,8 @@ func (e *requestError) Error() string { return e.message }
 
 // writeError is the one place that turns an error into the AWS error shape.
 // Internal causes are logged, never sent.
-func (s *Server) writeError(w http.ResponseWriter, r *http.Request, kind apiKind, err error) {
-	name, status := errorShape(kind, err)
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, kind apiKind, err error) (name string, status int) {
+	name, status = errorShape(kind, err)
 	msg := err.Error()
 	var de *identity.Error
 	if errors.As(err, &de) {
@@ -93,4 +93,5 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, kind apiKind
 	w.WriteHeader(status)
 	body, _ := json.Marshal(api.ErrorBody{Type: name, Message: msg})
 	_, _ = w.Write(body)
+	return name, status
 }

@@ -15,8 +15,11 @@ import (
 	"net"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podid/podid/internal/auth"
 	"github.com/podid/podid/internal/identity"
@@ -37,16 +40,21 @@ type Config struct {
 	KeyLimiter interface {
 		AllowKey(accessKeyID string) error
 	}
-	Logger *slog.Logger
+	// Registerer receives podid_server_requests_total and
+	// podid_server_request_duration_seconds; nil skips them.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
 }
 
 // Server serves podid's HTTP APIs.
 type Server struct {
-	keys interface{ AllowKey(string) error }
-	svc  *identity.Service
-	auth *auth.Verifier
-	log  *slog.Logger
-	mux  *http.ServeMux
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	keys     interface{ AllowKey(string) error }
+	svc      *identity.Service
+	auth     *auth.Verifier
+	log      *slog.Logger
+	mux      *http.ServeMux
 }
 
 // New returns a Server; it does not listen. Use Handler with any http.Server.
@@ -57,7 +65,25 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{svc: cfg.Service, auth: cfg.Auth, keys: cfg.KeyLimiter, log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{svc: cfg.Service, auth: cfg.Auth, keys: cfg.KeyLimiter, log: cfg.Logger, mux: http.NewServeMux(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podid_server_requests_total",
+			Help: "API calls by operation, HTTP status and AWS error type (empty on success).",
+		}, []string{"operation", "code", "error_type"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "podid_server_request_duration_seconds",
+			Help:    "Time to answer an API call, by operation.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"operation"}),
+	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(s.requests); err != nil {
+			return nil, err
+		}
+		if err := cfg.Registerer.Register(s.duration); err != nil {
+			return nil, err
+		}
+	}
 	s.routes()
 	return s, nil
 }
@@ -138,11 +164,14 @@ func (s *Server) handle(pattern string, op operation) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		status, err := s.serve(w, r, op)
+		errType := ""
 		if err != nil {
-			s.writeError(w, r, op.kind, err)
-			return
+			errType, status = s.writeError(w, r, op.kind, err)
 		}
-		s.log.DebugContext(r.Context(), "request", "operation", op.name, "status", status, "duration", time.Since(start))
+		elapsed := time.Since(start)
+		s.requests.WithLabelValues(op.name, strconv.Itoa(status), errType).Inc()
+		s.duration.WithLabelValues(op.name).Observe(elapsed.Seconds())
+		s.log.DebugContext(r.Context(), "request", "operation", op.name, "status", status, "duration", elapsed)
 	})
 }
 
