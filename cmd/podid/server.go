@@ -48,6 +48,7 @@ type serverOptions struct {
 	perNamespace    float64
 	maxConcurrent   int
 	metricsListen   string
+	policyFile      string
 }
 
 func defaultDataDir() string {
@@ -98,6 +99,7 @@ instance role, ...).`,
 	f.Float64Var(&o.perNamespace, "rate-limit-per-namespace", 20, "AssumeRoleForPodIdentity calls per second per cluster namespace (burst 2x; 0 disables)")
 	f.IntVar(&o.maxConcurrent, "max-concurrent-sts", 64, "STS calls in flight at most, shared round robin between namespaces (0: unlimited)")
 	f.StringVar(&o.metricsListen, "metrics-listen", "", "address for Prometheus /metrics, e.g. :9090 (default: off)")
+	f.StringVar(&o.policyFile, "policy-file", "", `JSON rules for which role ARNs may be bound where: {"rules":[{"name","clusters","namespaces","roleArns"}]} (globs)`)
 	return cmd
 }
 
@@ -160,7 +162,15 @@ func runServer(ctx context.Context, o *serverOptions) error {
 		PerNamespace: rate.Limit(o.perNamespace), NamespaceBurst: int(2 * o.perNamespace),
 		MaxConcurrent: o.maxConcurrent, Registerer: reg,
 	})
+	var policy *identity.Policy
+	if o.policyFile != "" {
+		if policy, err = identity.LoadPolicy(o.policyFile); err != nil {
+			return err
+		}
+		log.Info("policy rules loaded", "file", o.policyFile, "rules", len(policy.Rules))
+	}
 	svc, err := identity.New(identity.Config{
+		Policy:          policy,
 		Limiter:         limiter,
 		Store:           lookups,
 		Verifier:        k8s.NewVerifier(k8s.VerifierConfig{Logger: log}),

@@ -209,6 +209,8 @@ func TestServerRejectsBadSettings(t *testing.T) {
 		{[]string{"server", "--listen", "127.0.0.1:99999"}, "99999"},
 		{[]string{"server", "--log-level", "loud"}, "log level"},
 		{[]string{"server", "--session-duration", "1m"}, "session duration"},
+		{[]string{"server", "--policy-file", "/nonexistent/policy.json"}, "policy file"},
+		{[]string{"server", "--rate-limit-per-key", "-1"}, "must not be negative"},
 	} {
 		cmd := NewRootCmd()
 		cmd.SetArgs(append(tc.args, "--listen", "127.0.0.1:0"))

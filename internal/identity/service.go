@@ -33,7 +33,9 @@ type Limiter interface {
 // Config configures a Service.
 type Config struct {
 	// Limiter, if set, bounds and fairly shares STS calls by namespace.
-	Limiter  Limiter
+	Limiter Limiter
+	// Policy, if set, restricts which roles associations may bind where.
+	Policy   *Policy
 	Store    Store
 	Verifier TokenVerifier
 	Issuer   Issuer
@@ -311,6 +313,9 @@ func (s *Service) CreateAssociation(ctx context.Context, in CreateAssociationInp
 			return nil, err
 		}
 	}
+	if err := s.cfg.Policy.Check(in.Cluster, in.Namespace, in.RoleARN, in.TargetRoleARN); err != nil {
+		return nil, err
+	}
 	if _, err := s.GetCluster(ctx, in.Cluster); err != nil {
 		return nil, err
 	}
@@ -446,6 +451,9 @@ func (s *Service) UpdateAssociation(ctx context.Context, in UpdateAssociationInp
 		a.Policy = *in.Policy
 	}
 	if err := validatePolicy(a.Policy, a.DisableSessionTags); err != nil {
+		return nil, err
+	}
+	if err := s.cfg.Policy.Check(a.Cluster, a.Namespace, a.RoleARN, a.TargetRoleARN); err != nil {
 		return nil, err
 	}
 	switch {
