@@ -20,7 +20,7 @@ func NewRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServerCmd(), newAgentCmd())
+	root.AddCommand(newServerCmd(), newAgentCmd(), newWebhookCmd(), newClusterCmd())
 	return root
 }
 
