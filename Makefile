@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: test unit npm-deps fuzz bench bench-agent lint build run postgres e2e
+.PHONY: test unit npm-deps fuzz bench bench-agent lint build run postgres e2e manifests
 
 ## test: everything CI runs: vet, unit and integration tests (incl. the npm client).
 test: npm-deps
@@ -18,6 +18,11 @@ e2e:
 	cd test/e2e && $(GO) run ./cmd/prepare
 	cd test/e2e && $(GO) test -count=1 -timeout 40m ./...
 
+## manifests: render every deploy/ overlay with kustomize and check it
+## (strict API types, flags against the real binary; see test/manifests).
+manifests:
+	cd test/manifests && $(GO) vet ./... && $(GO) test -count=1 ./...
+
 ## fuzz: every fuzz target for FUZZTIME (default 10s) each; CI runs 5s.
 fuzz:
 	bash scripts/fuzz.sh
@@ -29,7 +34,7 @@ unit:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
-## bench-agent: the podid agent load run in docs/benchmarks.md (about 2.5 minutes, loopback only).
+## bench-agent: the podid agent load run in docs/benchmarks.md (3 to 6 minutes, loopback only).
 bench-agent:
 	GO=$(GO) $(GO) run ./test/load/agentload
 

@@ -276,7 +276,14 @@ func runAgent(ctx context.Context, o *agentOptions) error {
 		}
 		serve(ln, s.h)
 	}
-	g.Go(func() error { return cache.Run(ctx) })
+	g.Go(func() error {
+		// Run ends with ctx's error when the agent is told to stop; that is
+		// a clean exit, not a failure.
+		if err := cache.Run(ctx); err != nil && ctx.Err() == nil {
+			return err
+		}
+		return nil
+	})
 
 	ready.Store(true)
 	addrs := make([]string, 0, len(lns))

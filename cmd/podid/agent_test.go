@@ -111,7 +111,12 @@ func startStack(t *testing.T, agentHost string, agentPort string) *stack {
 	actx, acancel := context.WithCancel(context.Background())
 	adone := runCmd(t, actx, "agent", "--cluster-name", "demo", "--endpoint", s.serverURL, "--bind-hosts", agentHost, "--port", agentPort,
 		"--allow-loopback", "--probe-host", "127.0.0.1", "--probe-port", probePort, "--metrics-port", metricsPort, "--node-name", "node-1", "--log-level", "warn")
-	t.Cleanup(func() { acancel(); <-adone })
+	t.Cleanup(func() {
+		acancel()
+		if err := <-adone; err != nil {
+			t.Errorf("podid agent stopped with %v, want a clean exit", err)
+		}
+	})
 	s.agentURL = "http://" + hostForHeader(agentHost)
 	if agentPort != "80" {
 		s.agentURL += ":" + agentPort
