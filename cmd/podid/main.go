@@ -12,7 +12,9 @@ import (
 func main() {
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "podid:", err)
-		os.Exit(1)
+		// Client commands return errors that carry a meaningful code
+		// (client.go); everything else exits 1.
+		os.Exit(exitCode(err))
 	}
 }
 

@@ -20,7 +20,8 @@ func NewRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServerCmd(), newAgentCmd(), newWebhookCmd(), newClusterCmd())
+	root.AddCommand(newServerCmd(), newAgentCmd(), newWebhookCmd(), newClusterCmd(),
+		newAssociationCmd(), newAuditCmd(), newExplainCmd(), newApplyCmd())
 	return root
 }
 
