@@ -165,7 +165,8 @@ type UpdateAssociationRequest struct {
 const AdminPrefix = "/podid/v1"
 
 // KeySource says where a cluster's service-account signing keys come from.
-// Kind is one of jwks, jwksFile, jwksURL, kubernetes, pem.
+// Kind is one of jwks, jwksFile, jwksURL, kubernetes, pem, or tokenReview
+// (no keys: the API server at URL checks every token with TokenReview).
 type KeySource struct {
 	Kind        string `json:"kind"`
 	JWKS        string `json:"jwks,omitempty"`
@@ -174,6 +175,10 @@ type KeySource struct {
 	BearerToken string `json:"bearerToken,omitempty"`
 	CACert      string `json:"caCert,omitempty"`
 	PEM         string `json:"pem,omitempty"`
+	// LiveCheck "tokenReview" also has the API server at URL check each
+	// token (TokenReview, with BearerToken), which refuses tokens of
+	// deleted pods; "" is off.
+	LiveCheck string `json:"liveCheck,omitempty"`
 }
 
 // Cluster is a registered cluster. Responses never echo BearerToken.

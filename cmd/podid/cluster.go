@@ -43,8 +43,16 @@ type registerOptions struct {
 	tokenExpiration time.Duration
 	apiServerURL    string
 	apiServerCA     string
+	liveCheck       string
 	update          bool
 }
+
+// --live-check modes.
+const (
+	liveCheckOff  = "off"
+	liveCheckOn   = "on"
+	liveCheckOnly = "only"
+)
 
 func newClusterCmd() *cobra.Command {
 	o := &clusterOptions{}
@@ -97,6 +105,21 @@ to all service accounts by default; where that binding was removed:
     --serviceaccount=podid:podid-jwks-reader
 
 Minting the token needs "create" on serviceaccounts/token in that namespace.
+
+With --live-check on, podid server also asks the API server about every
+token (TokenReview, the answer reused for 10 s), which refuses the tokens of
+deleted pods at once instead of when they expire; --live-check only skips
+the signing keys and relies on TokenReview alone. Either way podid server
+needs the API server's URL, CA and a bearer token, given as for
+--follow-rotation, whose identity may create tokenreviews:
+
+  kubectl create clusterrolebinding podid-token-review \
+    --clusterrole=system:auth-delegator \
+    --serviceaccount=podid:podid-jwks-reader
+
+With the live check on, a credential request fails (503) while the API server
+is unreachable: the check is never skipped.
+
 Tokens and keys are sent to podid server only, never printed.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -107,11 +130,12 @@ Tokens and keys are sent to podid server only, never printed.`,
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default: $KUBECONFIG or ~/.kube/config)")
 	f.StringVar(&o.kubeContext, "context", "", "kubeconfig context (default: the current context)")
 	f.BoolVar(&o.followRotation, "follow-rotation", false, "let podid server refetch the keys from the API server (key kind kubernetes)")
-	f.StringVar(&o.bearerTokenFile, "bearer-token-file", "", "with --follow-rotation: file holding the token podid server authenticates to the API server with")
-	f.StringVar(&o.serviceAccount, "service-account", "", "with --follow-rotation: NAMESPACE/NAME of a ServiceAccount to mint that token for")
+	f.StringVar(&o.bearerTokenFile, "bearer-token-file", "", "with --follow-rotation or --live-check: file holding the token podid server authenticates to the API server with")
+	f.StringVar(&o.serviceAccount, "service-account", "", "with --follow-rotation or --live-check: NAMESPACE/NAME of a ServiceAccount to mint that token for")
 	f.DurationVar(&o.tokenExpiration, "token-expiration", 365*24*time.Hour, "lifetime requested for the minted token (the API server may shorten it)")
-	f.StringVar(&o.apiServerURL, "api-server-url", "", "with --follow-rotation: API server URL as podid server reaches it (default: the kubeconfig's)")
-	f.StringVar(&o.apiServerCA, "api-server-ca", "", "with --follow-rotation: PEM CA bundle for the API server's certificate (default: the kubeconfig's)")
+	f.StringVar(&o.apiServerURL, "api-server-url", "", "with --follow-rotation or --live-check: API server URL as podid server reaches it (default: the kubeconfig's)")
+	f.StringVar(&o.apiServerCA, "api-server-ca", "", "with --follow-rotation or --live-check: PEM CA bundle for the API server's certificate (default: the kubeconfig's)")
+	f.StringVar(&o.liveCheck, "live-check", liveCheckOff, "check every token with the API server's TokenReview too (on), instead of the signing keys (only), or not (off)")
 	f.BoolVar(&o.update, "update", false, "update an existing registration instead of creating one")
 	return cmd
 }
@@ -186,11 +210,25 @@ func (o *clusterOptions) client() (*api.Client, error) {
 }
 
 func runClusterRegister(ctx context.Context, out io.Writer, name string, o *registerOptions) error {
-	if !o.followRotation && (o.bearerTokenFile != "" || o.serviceAccount != "" || o.apiServerURL != "" || o.apiServerCA != "") {
-		return errors.New("--bearer-token-file, --service-account, --api-server-url and --api-server-ca only apply with --follow-rotation")
+	switch o.liveCheck {
+	case liveCheckOff, liveCheckOn:
+	case liveCheckOnly:
+		if o.followRotation {
+			return errors.New("--live-check only registers no signing keys, so --follow-rotation does not apply")
+		}
+	default:
+		return fmt.Errorf("--live-check %q is not one of %s, %s, %s", o.liveCheck, liveCheckOff, liveCheckOn, liveCheckOnly)
 	}
-	if o.followRotation && (o.bearerTokenFile == "") == (o.serviceAccount == "") {
-		return errors.New("--follow-rotation needs exactly one of --bearer-token-file and --service-account NAMESPACE/NAME: podid server authenticates to the API server with that token")
+	needAPIServer := o.followRotation || o.liveCheck != liveCheckOff
+	if !needAPIServer && (o.bearerTokenFile != "" || o.serviceAccount != "" || o.apiServerURL != "" || o.apiServerCA != "") {
+		return errors.New("--bearer-token-file, --service-account, --api-server-url and --api-server-ca only apply with --follow-rotation or --live-check")
+	}
+	if needAPIServer && (o.bearerTokenFile == "") == (o.serviceAccount == "") {
+		what := "--follow-rotation"
+		if !o.followRotation {
+			what = "--live-check " + o.liveCheck
+		}
+		return fmt.Errorf("%s needs exactly one of --bearer-token-file and --service-account NAMESPACE/NAME: podid server authenticates to the API server with that token", what)
 	}
 	client, err := o.client()
 	if err != nil {
@@ -206,17 +244,32 @@ func runClusterRegister(ctx context.Context, out io.Writer, name string, o *regi
 	}
 
 	cluster := api.Cluster{Name: name, Issuer: disc.Issuer}
-	var keysNote string
-	if o.followRotation {
-		src, note, err := o.followSource(ctx, restCfg)
-		if err != nil {
+	var keysNote, liveNote string
+	var src api.KeySource
+	var tokenNote string
+	if needAPIServer {
+		if src, tokenNote, err = o.apiServerSource(ctx, restCfg); err != nil {
 			return err
 		}
-		cluster.Keys, keysNote = src, note
-	} else {
-		cluster.Keys = api.KeySource{Kind: identity.KeysJWKS, JWKS: string(disc.JWKS)}
+	}
+	switch {
+	case o.liveCheck == liveCheckOnly:
+		cluster.Keys = src
+		cluster.Keys.Kind = identity.KeysTokenReview
+		keysNote = fmt.Sprintf("none: podid server has every token checked by %s/apis/authentication.k8s.io/v1/tokenreviews with %s", strings.TrimSuffix(src.URL, "/"), tokenNote)
+	case o.followRotation:
+		cluster.Keys = src
+		cluster.Keys.Kind = identity.KeysKubernetes
+		keysNote = fmt.Sprintf("podid server fetches %s/openid/v1/jwks with %s", strings.TrimSuffix(src.URL, "/"), tokenNote)
+	default:
+		cluster.Keys = src // the API server, for the live check; empty without one
+		cluster.Keys.Kind, cluster.Keys.JWKS = identity.KeysJWKS, string(disc.JWKS)
 		keysNote = fmt.Sprintf("snapshot of %d key(s) (%s); after the cluster rotates its signing key, run this again with --update, or use --follow-rotation",
 			len(disc.KeyIDs), strings.Join(disc.KeyIDs, ", "))
+	}
+	if o.liveCheck == liveCheckOn {
+		cluster.Keys.LiveCheck = identity.LiveCheckTokenReview
+		liveNote = fmt.Sprintf("every token also checked by %s/apis/authentication.k8s.io/v1/tokenreviews with %s", strings.TrimSuffix(src.URL, "/"), tokenNote)
 	}
 
 	verb, call := "registered", client.RegisterCluster
@@ -237,18 +290,22 @@ func runClusterRegister(ctx context.Context, out io.Writer, name string, o *regi
 	fmt.Fprintf(out, "%s cluster %q with podid server %s\n", verb, got.Name, o.server)
 	fmt.Fprintf(out, "  issuer: %s\n", got.Issuer)
 	fmt.Fprintf(out, "  keys:   %s: %s\n", cluster.Keys.Kind, keysNote)
+	if liveNote != "" {
+		fmt.Fprintf(out, "  live check: %s\n", liveNote)
+	}
 	return nil
 }
 
-// followSource is the kind-kubernetes key source: the API server's URL, its
-// CA and a bearer token podid server can use.
-func (o *registerOptions) followSource(ctx context.Context, restCfg *rest.Config) (api.KeySource, string, error) {
-	src := api.KeySource{Kind: identity.KeysKubernetes, URL: restCfg.Host}
+// apiServerSource is how podid server reaches the API server, for kind
+// kubernetes, kind tokenReview and the live check: its URL, its CA and a
+// bearer token. The note says where the token came from.
+func (o *registerOptions) apiServerSource(ctx context.Context, restCfg *rest.Config) (api.KeySource, string, error) {
+	src := api.KeySource{URL: restCfg.Host}
 	if o.apiServerURL != "" {
 		src.URL = o.apiServerURL
 	}
 	if !strings.HasPrefix(src.URL, "https://") {
-		return src, "", fmt.Errorf("the API server URL %q is not https: podid server fetches keys over HTTPS only (set --api-server-url)", src.URL)
+		return src, "", fmt.Errorf("the API server URL %q is not https: podid server talks to the API server over HTTPS only (set --api-server-url)", src.URL)
 	}
 	var ca []byte
 	var err error
@@ -292,19 +349,26 @@ func (o *registerOptions) followSource(ctx context.Context, restCfg *rest.Config
 		src.BearerToken = tok
 		note = fmt.Sprintf("a token of ServiceAccount %s/%s expiring %s (register again with --update before then)", ns, sa, exp.UTC().Format(time.RFC3339))
 	}
-	return src, fmt.Sprintf("podid server fetches %s/openid/v1/jwks with %s", strings.TrimSuffix(src.URL, "/"), note), nil
+	return src, note, nil
 }
 
 // describeKeys summarises a key source for a listing, without secrets.
 func describeKeys(k api.KeySource) string {
 	switch k.Kind {
-	case identity.KeysKubernetes, identity.KeysJWKSURL:
-		return k.Kind + " " + k.URL
+	case identity.KeysKubernetes, identity.KeysJWKSURL, identity.KeysTokenReview:
+		return k.Kind + " " + k.URL + liveSuffix(k)
 	case identity.KeysJWKSFile:
-		return k.Kind + " " + k.Path
+		return k.Kind + " " + k.Path + liveSuffix(k)
 	default:
-		return k.Kind
+		return k.Kind + liveSuffix(k)
 	}
+}
+
+func liveSuffix(k api.KeySource) string {
+	if k.LiveCheck == "" || k.Kind == identity.KeysTokenReview {
+		return ""
+	}
+	return " +" + k.LiveCheck + " " + k.URL
 }
 
 // explainServerError adds what to do to podid server's usual refusals.

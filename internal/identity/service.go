@@ -186,6 +186,26 @@ func validateKeySource(k KeySource) error {
 		}
 		return nil
 	}
+	apiServer := func(why string) error {
+		if k.URL == "" || k.BearerToken == "" {
+			return Errorf(CodeInvalidParameter, "%s needs keys.url (the API server) and keys.bearerToken (allowed to create tokenreviews: ClusterRole system:auth-delegator)", why)
+		}
+		return checkURL(k.URL)
+	}
+	switch k.LiveCheck {
+	case "":
+	case LiveCheckTokenReview:
+		if k.Kind == KeysJWKSURL {
+			return Errorf(CodeInvalidParameter, "keys.liveCheck cannot be used with keys of kind %q, whose url is not the API server: use kind %q, or kind %q with url set to the API server", KeysJWKSURL, KeysKubernetes, KeysJWKS)
+		}
+		if k.Kind != KeysTokenReview {
+			if err := apiServer(fmt.Sprintf("keys.liveCheck %q", k.LiveCheck)); err != nil {
+				return err
+			}
+		}
+	default:
+		return Errorf(CodeInvalidParameter, "keys.liveCheck %q is not %q or empty", truncate(k.LiveCheck), LiveCheckTokenReview)
+	}
 	switch k.Kind {
 	case KeysJWKS:
 		return need("jwks", k.JWKS)
@@ -197,15 +217,23 @@ func validateKeySource(k KeySource) error {
 		if err := need("url", k.URL); err != nil {
 			return err
 		}
-		u, err := url.Parse(k.URL)
-		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			return Errorf(CodeInvalidParameter, "keys.url %q is not an http(s) URL", truncate(k.URL))
-		}
-		return nil
+		return checkURL(k.URL)
+	case KeysTokenReview:
+		return apiServer(fmt.Sprintf("keys of kind %q", k.Kind))
 	case "":
-		return Errorf(CodeInvalidParameter, "keys.kind is required: one of %s, %s, %s, %s, %s", KeysJWKS, KeysJWKSFile, KeysJWKSURL, KeysKubernetes, KeysPEM)
+		return Errorf(CodeInvalidParameter, "keys.kind is required: one of %s", keyKinds)
 	}
-	return Errorf(CodeInvalidParameter, "keys.kind %q is not one of %s, %s, %s, %s, %s", truncate(k.Kind), KeysJWKS, KeysJWKSFile, KeysJWKSURL, KeysKubernetes, KeysPEM)
+	return Errorf(CodeInvalidParameter, "keys.kind %q is not one of %s", truncate(k.Kind), keyKinds)
+}
+
+var keyKinds = strings.Join([]string{KeysJWKS, KeysJWKSFile, KeysJWKSURL, KeysKubernetes, KeysPEM, KeysTokenReview}, ", ")
+
+func checkURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return Errorf(CodeInvalidParameter, "keys.url %q is not an http(s) URL", truncate(raw))
+	}
+	return nil
 }
 
 // RegisterCluster adds a cluster after checking that its keys load.

@@ -20,7 +20,15 @@ const (
 	KeysJWKSURL    = "jwksURL"    // JWKS fetched over HTTPS
 	KeysKubernetes = "kubernetes" // the cluster's own /openid/v1/jwks endpoint
 	KeysPEM        = "pem"        // inline PEM public keys
+	// KeysTokenReview holds no keys: every token is checked by the cluster's
+	// API server (URL) with the TokenReview API instead.
+	KeysTokenReview = "tokenReview"
 )
+
+// LiveCheckTokenReview is the KeySource.LiveCheck that asks the cluster's API
+// server, with the TokenReview API, whether each token is still valid, on
+// top of the signature check. It catches tokens of deleted pods.
+const LiveCheckTokenReview = "tokenReview"
 
 // KeySource says where a cluster's service-account signing keys come from.
 type KeySource struct {
@@ -30,19 +38,25 @@ type KeySource struct {
 	// Path is a JWKS file on the server host (kind jwksFile).
 	Path string `json:"path,omitempty"`
 	// URL is the JWKS URL (kind jwksURL) or the API server's base URL
-	// (kind kubernetes).
+	// (kind kubernetes and tokenReview, and any kind but jwksURL with a
+	// LiveCheck).
 	URL string `json:"url,omitempty"`
-	// BearerToken authenticates to the API server (kind kubernetes).
+	// BearerToken authenticates to the API server (kind kubernetes and
+	// tokenReview, and with a LiveCheck).
 	BearerToken string `json:"bearerToken,omitempty"`
 	// CACert is a PEM bundle used to verify the URL's TLS certificate.
 	CACert string `json:"caCert,omitempty"`
 	// PEM holds one or more PEM public keys (kind pem).
 	PEM string `json:"pem,omitempty"`
+	// LiveCheck is "" (none) or LiveCheckTokenReview. It needs URL and
+	// BearerToken, whose identity may create tokenreviews (ClusterRole
+	// system:auth-delegator).
+	LiveCheck string `json:"liveCheck,omitempty"`
 }
 
 // LogValue keeps the bearer token out of logs.
 func (k KeySource) LogValue() slog.Value {
-	return slog.GroupValue(slog.String("kind", k.Kind), slog.String("url", k.URL), slog.String("path", k.Path))
+	return slog.GroupValue(slog.String("kind", k.Kind), slog.String("url", k.URL), slog.String("path", k.Path), slog.String("liveCheck", k.LiveCheck))
 }
 
 // Cluster is a Kubernetes cluster whose service-account tokens podid accepts.

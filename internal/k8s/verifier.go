@@ -63,6 +63,10 @@ type VerifierConfig struct {
 	// a key removed from the cluster stops being accepted. When the refresh
 	// fails the old keys stay in use. Default DefaultKeyTTL.
 	KeyTTL time.Duration
+	// ReviewTTL is how long a successful TokenReview of a token is reused
+	// by clusters with a live check. Default DefaultReviewTTL; refusals are
+	// never reused.
+	ReviewTTL time.Duration
 	// Logger receives key loading events; default slog.Default().
 	Logger *slog.Logger
 }
@@ -80,6 +84,12 @@ type Verifier struct {
 	mu    sync.RWMutex
 	cache map[string]*keyEntry // by cluster name
 	sf    singleflight.Group
+
+	reviewTTL time.Duration
+	rmu       sync.Mutex
+	reviews   map[string]map[[32]byte]reviewEntry // by cluster name, then reviewKey
+	rclients  map[string]*reviewClient            // by cluster name
+	rsf       singleflight.Group                  // by reviewKey
 }
 
 var _ identity.TokenVerifier = (*Verifier)(nil)
@@ -94,6 +104,10 @@ func NewVerifier(cfg VerifierConfig) *Verifier {
 		ttl:     cfg.KeyTTL,
 		log:     cfg.Logger,
 		cache:   make(map[string]*keyEntry),
+
+		reviewTTL: cfg.ReviewTTL,
+		reviews:   make(map[string]map[[32]byte]reviewEntry),
+		rclients:  make(map[string]*reviewClient),
 	}
 	if v.now == nil {
 		v.now = time.Now
@@ -114,6 +128,9 @@ func NewVerifier(cfg VerifierConfig) *Verifier {
 	}
 	if v.ttl <= 0 {
 		v.ttl = DefaultKeyTTL
+	}
+	if v.reviewTTL <= 0 {
+		v.reviewTTL = DefaultReviewTTL
 	}
 	if v.log == nil {
 		v.log = slog.Default()
@@ -159,10 +176,19 @@ func remote(kind string) bool {
 }
 
 // Verify checks token against the cluster's issuer and signing keys and
-// returns its claims. See identity.TokenVerifier for the error contract.
+// returns its claims. With a live check, or keys of kind tokenReview, the
+// cluster's API server must also accept the token (see tokenreview.go). See
+// identity.TokenVerifier for the error contract.
 func (v *Verifier) Verify(ctx context.Context, c *identity.Cluster, token string) (*identity.TokenClaims, error) {
 	if c == nil {
 		return nil, identity.Errorf(identity.CodeInternal, "no cluster to verify the token against")
+	}
+	live, err := liveCheck(c)
+	if err != nil {
+		return nil, &identity.Error{Code: identity.CodeInternal, Message: fmt.Sprintf("cluster %q has an invalid live check configuration", c.Name), Err: err}
+	}
+	if c.Keys.Kind == identity.KeysTokenReview {
+		return v.verifyByReview(ctx, c, token)
 	}
 	tok, err := ParseToken(token)
 	if err != nil {
@@ -181,7 +207,20 @@ func (v *Verifier) Verify(ctx context.Context, c *identity.Cluster, token string
 	if err := v.verifySignature(ctx, c, tok, ent); err != nil {
 		return nil, err
 	}
-	return ValidateClaims(&tok.Claims, c.Name, c.Issuer, v.now(), v.leeway)
+	claims, err := ValidateClaims(&tok.Claims, c.Name, c.Issuer, v.now(), v.leeway)
+	if err != nil || !live {
+		return claims, err
+	}
+	// Only a token that passed every offline check is worth an API server
+	// call.
+	who, err := v.review(ctx, c, token)
+	if err != nil {
+		return nil, err
+	}
+	if err := agree(c, who, claims); err != nil {
+		return nil, err
+	}
+	return claims, nil
 }
 
 // CheckKeys loads the cluster's keys now, fetching remote ones, and returns
@@ -189,22 +228,41 @@ func (v *Verifier) Verify(ctx context.Context, c *identity.Cluster, token string
 // or updated: its errors are *identity.Error with CodeInvalidParameter for a
 // bad key source and CodeServiceUnavailable for a failed fetch, with a
 // message that says what is wrong. On success the keys are cached.
+//
+// With a live check, or keys of kind tokenReview (which have no keys: it
+// returns 0), it also sends the API server a TokenReview of a made-up token,
+// so a missing RBAC grant or an unreachable API server is reported now
+// rather than at the first pod.
 func (v *Verifier) CheckKeys(ctx context.Context, c *identity.Cluster) (int, error) {
 	if c == nil {
 		return 0, identity.Errorf(identity.CodeInvalidParameter, "no cluster")
+	}
+	live, err := liveCheck(c)
+	if err != nil {
+		return 0, err
+	}
+	if c.Keys.Kind == identity.KeysTokenReview {
+		return 0, v.probeReview(ctx, c)
 	}
 	ent, err := v.load(ctx, c, nil, true)
 	if err != nil {
 		return 0, err
 	}
+	if live {
+		if err := v.probeReview(ctx, c); err != nil {
+			return 0, err
+		}
+	}
 	return len(ent.keys), nil
 }
 
-// Forget drops the cached keys of a cluster, e.g. when it is deleted.
+// Forget drops the cached keys and reviews of a cluster, e.g. when it is
+// deleted.
 func (v *Verifier) Forget(cluster string) {
 	v.mu.Lock()
 	delete(v.cache, cluster)
 	v.mu.Unlock()
+	v.forgetReviews(cluster)
 }
 
 // entry returns the cluster's cached keys, loading them when the cache has
@@ -339,7 +397,7 @@ func (v *Verifier) store(c *identity.Cluster, ent *keyEntry) {
 // different versions never share a fetch.
 func flightKey(c *identity.Cluster) string {
 	h := sha256.New()
-	for _, s := range []string{c.Keys.Kind, c.Keys.JWKS, c.Keys.Path, c.Keys.URL, c.Keys.BearerToken, c.Keys.CACert, c.Keys.PEM} {
+	for _, s := range []string{c.Keys.Kind, c.Keys.JWKS, c.Keys.Path, c.Keys.URL, c.Keys.BearerToken, c.Keys.CACert, c.Keys.PEM, c.Keys.LiveCheck} {
 		var n [8]byte
 		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
 		h.Write(n[:])

@@ -8,9 +8,14 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	authv1 "k8s.io/api/authentication/v1"
 
 	"github.com/podid/podid/api"
 	"github.com/podid/podid/internal/auth"
@@ -117,6 +122,100 @@ func TestTokenAttacks(t *testing.T) {
 		})
 	}
 	t.Run("deleted pod (live check)", func(t *testing.T) {
-		t.Skip("the TokenReview live check is not built yet (webhook issue, item 5); a deleted pod's token is accepted until it expires")
+		live, err := k8stest.NewIssuer("https://cluster-live.attack.test", "RS256")
+		if err != nil {
+			t.Fatal(err)
+		}
+		alive := k8stest.Pod{Namespace: "shop", ServiceAccount: "checkout", Name: "checkout-1", UID: "5d3c7a2e-1111-4c1e-9d53-000000000001", NodeName: "node-1"}
+		gone := k8stest.Pod{Namespace: "shop", ServiceAccount: "checkout", Name: "checkout-0", UID: "5d3c7a2e-1111-4c1e-9d53-000000000000", NodeName: "node-1"}
+		apiserver := newTokenReviewer(t, "reviewer-token", alive)
+		ca := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: apiserver.Certificate().Raw}))
+		// The same cluster twice: JWKS alone, and JWKS with the live check.
+		for name, check := range map[string]string{"cluster-offline": "", "cluster-live": identity.LiveCheckTokenReview} {
+			keys := api.KeySource{Kind: identity.KeysJWKS, JWKS: live.JWKS(), LiveCheck: check}
+			if check != "" {
+				keys.URL, keys.BearerToken, keys.CACert = apiserver.URL, "reviewer-token", ca
+			}
+			c, err := e.admin().RegisterCluster(ctx, api.Cluster{Name: name, Issuer: live.URL, Keys: keys})
+			if err != nil {
+				t.Fatalf("registering %s: %v", name, err)
+			}
+			if c.Keys.LiveCheck != check {
+				t.Errorf("%s registered with liveCheck %q, want %q", name, c.Keys.LiveCheck, check)
+			}
+			e.createAssociation(t, name, "shop", "checkout", nil)
+		}
+		for _, tc := range []struct {
+			cluster  string
+			pod      k8stest.Pod
+			wantType string
+		}{
+			{cluster: "cluster-offline", pod: gone}, // what the live check is for
+			{cluster: "cluster-live", pod: alive},
+			{cluster: "cluster-live", pod: gone, wantType: "InvalidTokenException"},
+		} {
+			e.sts.Reset()
+			status, typ, body := e.postAssume(t, e.keys[auth.ScopeAdmin], tc.cluster, mustJSON(t, api.AssumeRoleForPodIdentityRequest{Token: sign(live, live.Claims(tc.pod, now, time.Hour))}))
+			if tc.wantType == "" {
+				if status != 200 {
+					t.Errorf("%s, pod %s: refused: %d %s", tc.cluster, tc.pod.Name, status, body)
+				}
+				continue
+			}
+			if typ != tc.wantType || status != 400 || !strings.Contains(string(body), `not found`) {
+				t.Errorf("%s, pod %s: got %d %s, want 400 %s saying the pod is not found: %s", tc.cluster, tc.pod.Name, status, typ, tc.wantType, body)
+			}
+			if n := len(e.sts.Calls()); n != 0 {
+				t.Errorf("a deleted pod's token reached STS (%d calls)", n)
+			}
+		}
 	})
+}
+
+// newTokenReviewer emulates a kube-apiserver's TokenReview endpoint: a
+// token bound to one of the pods (by uid) is authenticated; any other is
+// refused as kube-apiserver refuses the token of a deleted pod.
+func newTokenReviewer(t *testing.T, bearer string, pods ...k8stest.Pod) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+bearer {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		var tr authv1.TokenReview
+		if r.Method != http.MethodPost || r.URL.Path != "/apis/authentication.k8s.io/v1/tokenreviews" || json.NewDecoder(r.Body).Decode(&tr) != nil {
+			t.Errorf("not a TokenReview: %s %s", r.Method, r.URL.Path)
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		var claims struct {
+			K8s struct {
+				Pod struct{ Name, UID string } `json:"pod"`
+			} `json:"kubernetes.io"`
+		}
+		parts := strings.Split(tr.Spec.Token, ".")
+		raw, _ := base64.RawURLEncoding.DecodeString(parts[min(1, len(parts)-1)])
+		_ = json.Unmarshal(raw, &claims)
+		tr.Status = authv1.TokenReviewStatus{Error: fmt.Sprintf("[invalid bearer token, pods %q not found]", claims.K8s.Pod.Name)}
+		for _, p := range pods {
+			if p.UID == claims.K8s.Pod.UID {
+				tr.Status = authv1.TokenReviewStatus{
+					Authenticated: true,
+					Audiences:     tr.Spec.Audiences,
+					User: authv1.UserInfo{
+						Username: "system:serviceaccount:" + p.Namespace + ":" + p.ServiceAccount,
+						Extra: map[string]authv1.ExtraValue{
+							"authentication.kubernetes.io/pod-name": {p.Name},
+							"authentication.kubernetes.io/pod-uid":  {p.UID},
+						},
+					},
+				}
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		_ = json.NewEncoder(w).Encode(&tr)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
 }

@@ -187,7 +187,7 @@ func (s *Server) cluster(c *identity.Cluster) api.Cluster {
 		Issuer: c.Issuer,
 		Arn:    s.svc.ClusterARN(c.Name),
 		// The bearer token is write-only: it is never sent back.
-		Keys:       api.KeySource{Kind: k.Kind, JWKS: k.JWKS, Path: k.Path, URL: k.URL, CACert: k.CACert, PEM: k.PEM},
+		Keys:       api.KeySource{Kind: k.Kind, JWKS: k.JWKS, Path: k.Path, URL: k.URL, CACert: k.CACert, PEM: k.PEM, LiveCheck: k.LiveCheck},
 		CreatedAt:  api.Epoch(c.CreatedAt),
 		ModifiedAt: api.Epoch(c.ModifiedAt),
 	}
@@ -205,7 +205,7 @@ func (s *Server) clusterInput(r *request, name string) (identity.ClusterInput, e
 	}
 	k := in.Keys
 	return identity.ClusterInput{Name: name, Issuer: in.Issuer, Keys: identity.KeySource{
-		Kind: k.Kind, JWKS: k.JWKS, Path: k.Path, URL: k.URL, BearerToken: k.BearerToken, CACert: k.CACert, PEM: k.PEM,
+		Kind: k.Kind, JWKS: k.JWKS, Path: k.Path, URL: k.URL, BearerToken: k.BearerToken, CACert: k.CACert, PEM: k.PEM, LiveCheck: k.LiveCheck,
 	}}, nil
 }
 
