@@ -21,7 +21,7 @@ func NewRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newServerCmd(), newAgentCmd(), newWebhookCmd(), newClusterCmd(),
-		newAssociationCmd(), newAuditCmd(), newExplainCmd(), newApplyCmd())
+		newAssociationCmd(), newAuditCmd(), newExplainCmd(), newApplyCmd(), newImportCmd())
 	return root
 }
 
