@@ -85,6 +85,10 @@ type clientOptions struct {
 	serverCA string
 	output   string
 
+	// credentials, when set, replace the AWS credential chain (the
+	// deprecated --key-file of the cluster commands).
+	credentials aws.CredentialsProvider
+
 	// transport is the HTTP transport connect built, closed when the
 	// command ends.
 	transport *http.Transport
@@ -160,6 +164,9 @@ func (o *clientOptions) connect(ctx context.Context) (*podidClient, error) {
 	opts := []func(*config.LoadOptions) error{config.WithRegion(o.region)}
 	if o.profile != "" {
 		opts = append(opts, config.WithSharedConfigProfile(o.profile))
+	}
+	if o.credentials != nil {
+		opts = append(opts, config.WithCredentialsProvider(o.credentials))
 	}
 	var tlsConfig *tls.Config
 	if o.serverCA != "" {

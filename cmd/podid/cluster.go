@@ -8,14 +8,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
-	"text/tabwriter"
+	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -24,17 +26,15 @@ import (
 	"github.com/podid/podid/internal/kubeapi"
 )
 
-// clusterOptions are the flags every cluster subcommand shares.
+// clusterOptions are the flags every cluster subcommand shares: the client
+// commands' own, plus the deprecated --key-file.
 type clusterOptions struct {
-	config   string
-	server   string
-	serverCA string
-	region   string
-	keyFile  string
+	clientOptions
+	keyFile string
 }
 
 type registerOptions struct {
-	*clusterOptions
+	clusterOptions
 	kubeconfig      string
 	kubeContext     string
 	followRotation  bool
@@ -55,28 +55,57 @@ const (
 )
 
 func newClusterCmd() *cobra.Command {
-	o := &clusterOptions{}
 	cmd := &cobra.Command{
-		Use:   "cluster",
-		Short: "Register, list and delete the clusters podid server accepts tokens from",
-		Long: `Manage the clusters registered with podid server, with an admin access key
-given by --key-file (JSON {"accessKeyId": ..., "secretAccessKey": ...}) or the
-environment variables PODID_ACCESS_KEY_ID and PODID_SECRET_ACCESS_KEY.
+		Use:     "cluster",
+		Aliases: []string{"clusters"},
+		Short:   "Register, list and delete the clusters podid server accepts tokens from",
+		Long: `Manage the clusters registered with podid server through its admin API.
 
-Every flag can also be set as PODID_<FLAG> or in the JSON --config file.`,
+Like every client command, these sign their requests with the standard AWS
+credential chain: put a podid access key (from the server's keys file) in
+AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or in an AWS profile (--profile).
+list needs a read-only or admin key, register and delete an admin key.
+--key-file (JSON {"accessKeyId": ..., "secretAccessKey": ...}) still works
+but is deprecated.
+
+Exit codes: 0 ok, 1 usage or rejected parameters, 2 not found, 3 access
+denied or no/unknown credentials, 4 conflict (already registered), 5 server
+(or, for register, the cluster's API server) unreachable, unavailable or
+throttling, 6 other server errors.`,
 	}
-	p := cmd.PersistentFlags()
-	p.StringVar(&o.config, "config", "", "JSON config file whose keys are flag names")
-	p.StringVar(&o.server, "server", "", "podid server's URL, e.g. https://podid.example:8443 (required)")
-	p.StringVar(&o.serverCA, "server-ca", "", "PEM CA bundle to verify podid server's certificate (default: system roots)")
-	p.StringVar(&o.region, "region", "us-east-1", "region to sign calls to podid server with")
-	p.StringVar(&o.keyFile, "key-file", "", "JSON file with an admin accessKeyId and secretAccessKey")
-	cmd.AddCommand(newClusterRegisterCmd(o), newClusterListCmd(o), newClusterDeleteCmd(o))
+	cmd.AddCommand(newClusterRegisterCmd(), newClusterListCmd(), newClusterDeleteCmd())
 	return cmd
 }
 
-func newClusterRegisterCmd(co *clusterOptions) *cobra.Command {
-	o := &registerOptions{clusterOptions: co}
+// addClusterFlags registers the shared client flags and --key-file on cmd.
+func (o *clusterOptions) addClusterFlags(cmd *cobra.Command) {
+	o.addClientFlags(cmd)
+	cmd.Flags().StringVar(&o.keyFile, "key-file", "", "JSON file with an accessKeyId and secretAccessKey (deprecated: use the AWS credential chain)")
+	// MarkDeprecated hides the flag and warns on stderr when it is used.
+	_ = cmd.Flags().MarkDeprecated("key-file", "put the key in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile (--profile) instead")
+}
+
+// connectCluster is connect, signing with --key-file's key when given.
+func (o *clusterOptions) connectCluster(ctx context.Context, errOut io.Writer) (*podidClient, error) {
+	if o.keyFile != "" {
+		if o.profile != "" {
+			return nil, usageErrorf("give only one of --key-file and --profile")
+		}
+		key, err := loadAccessKey(o.keyFile, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "an access key from podid server's keys file")
+		if err != nil {
+			return nil, &exitError{code: exitUsage, err: err}
+		}
+		o.credentials = credentials.NewStaticCredentialsProvider(key.AccessKeyID, key.SecretAccessKey, "")
+	} else if os.Getenv("PODID_ACCESS_KEY_ID") != "" {
+		// The variables these commands used to read; ignoring them
+		// silently would sign with some other key.
+		fmt.Fprintln(errOut, "podid: warning: PODID_ACCESS_KEY_ID and PODID_SECRET_ACCESS_KEY are no longer read; put the key in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+	}
+	return o.connect(ctx)
+}
+
+func newClusterRegisterCmd() *cobra.Command {
+	o := &registerOptions{}
 	cmd := &cobra.Command{
 		Use:   "register NAME",
 		Short: "Register a cluster from its kubeconfig: issuer and signing keys read through the API server",
@@ -122,10 +151,13 @@ is unreachable: the check is never skipped.
 
 Tokens and keys are sent to podid server only, never printed.`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return layered(&co.config, func(ctx context.Context) error { return runClusterRegister(ctx, cmd.OutOrStdout(), args[0], o) })(cmd, args)
-		},
 	}
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return o.clientRunE(func(ctx context.Context, cmd *cobra.Command) error {
+			return runClusterRegister(ctx, cmd, args[0], o)
+		})(cmd, args)
+	}
+	o.addClusterFlags(cmd)
 	f := cmd.Flags()
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default: $KUBECONFIG or ~/.kube/config)")
 	f.StringVar(&o.kubeContext, "context", "", "kubeconfig context (default: the current context)")
@@ -140,107 +172,102 @@ Tokens and keys are sent to podid server only, never printed.`,
 	return cmd
 }
 
-func newClusterListCmd(o *clusterOptions) *cobra.Command {
-	return &cobra.Command{
+func newClusterListCmd() *cobra.Command {
+	o := &clusterOptions{}
+	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List the registered clusters",
+		Short: "List the registered clusters (read-only or admin key)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return layered(&o.config, func(ctx context.Context) error {
-				c, err := o.client()
-				if err != nil {
-					return err
-				}
-				clusters, err := c.ListClusters(ctx)
-				if err != nil {
-					return explainServerError(err, o.server, "listing clusters")
-				}
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tISSUER\tKEYS\tMODIFIED")
-				for _, cl := range clusters {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cl.Name, cl.Issuer, describeKeys(cl.Keys), cl.ModifiedAt.Time().UTC().Format(time.RFC3339))
-				}
-				return tw.Flush()
-			})(cmd, args)
-		},
 	}
+	cmd.RunE = o.clientRunE(func(ctx context.Context, cmd *cobra.Command) error {
+		c, err := o.connectCluster(ctx, cmd.ErrOrStderr())
+		if err != nil {
+			return err
+		}
+		clusters, err := c.admin.ListClusters(ctx)
+		if err != nil {
+			return err
+		}
+		if clusters == nil {
+			clusters = []api.Cluster{}
+		}
+		return o.render(cmd.OutOrStdout(), api.ListClustersResponse{Clusters: clusters}, func(w io.Writer) error {
+			tw := newTable(w)
+			fmt.Fprintln(tw, "NAME\tISSUER\tKEYS\tMODIFIED")
+			for _, cl := range clusters {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cl.Name, cl.Issuer, describeKeys(cl.Keys), cl.ModifiedAt.Time().UTC().Format(time.RFC3339))
+			}
+			return tw.Flush()
+		})
+	})
+	o.addClusterFlags(cmd)
+	return cmd
 }
 
-func newClusterDeleteCmd(o *clusterOptions) *cobra.Command {
-	return &cobra.Command{
+// clusterDeleted is what `cluster delete -o json|yaml` prints.
+type clusterDeleted struct {
+	Name    string `json:"name"`
+	Deleted bool   `json:"deleted"`
+}
+
+func newClusterDeleteCmd() *cobra.Command {
+	o := &clusterOptions{}
+	cmd := &cobra.Command{
 		Use:   "delete NAME",
-		Short: "Delete a cluster and all its pod identity associations",
+		Short: "Delete a cluster and all its pod identity associations (admin key)",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return layered(&o.config, func(ctx context.Context) error {
-				c, err := o.client()
-				if err != nil {
-					return err
-				}
-				if err := c.DeleteCluster(ctx, args[0]); err != nil {
-					return explainServerError(err, o.server, fmt.Sprintf("deleting cluster %q", args[0]))
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "deleted cluster %q and its associations\n", args[0])
-				return nil
-			})(cmd, args)
-		},
 	}
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return o.clientRunE(func(ctx context.Context, cmd *cobra.Command) error {
+			c, err := o.connectCluster(ctx, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			if err := c.admin.DeleteCluster(ctx, args[0]); err != nil {
+				return err
+			}
+			return o.render(cmd.OutOrStdout(), clusterDeleted{Name: args[0], Deleted: true}, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "deleted cluster %q and its associations\n", args[0])
+				return err
+			})
+		})(cmd, args)
+	}
+	o.addClusterFlags(cmd)
+	return cmd
 }
 
-// client is the admin API client the flags describe.
-func (o *clusterOptions) client() (*api.Client, error) {
-	if o.server == "" {
-		return nil, errors.New("--server is required: podid server's URL")
-	}
-	key, err := loadAccessKey(o.keyFile, "PODID_ACCESS_KEY_ID", "PODID_SECRET_ACCESS_KEY", `an admin access key (scope "admin") from podid server's keys file`)
-	if err != nil {
-		return nil, err
-	}
-	hc, err := serverHTTPClient(o.serverCA)
-	if err != nil {
-		return nil, err
-	}
-	hc.Timeout = 30 * time.Second
-	return &api.Client{
-		Endpoint:    o.server,
-		Credentials: credentials.NewStaticCredentialsProvider(key.AccessKeyID, key.SecretAccessKey, ""),
-		Region:      o.region,
-		HTTPClient:  hc,
-	}, nil
-}
-
-func runClusterRegister(ctx context.Context, out io.Writer, name string, o *registerOptions) error {
+func runClusterRegister(ctx context.Context, cmd *cobra.Command, name string, o *registerOptions) error {
 	switch o.liveCheck {
 	case liveCheckOff, liveCheckOn:
 	case liveCheckOnly:
 		if o.followRotation {
-			return errors.New("--live-check only registers no signing keys, so --follow-rotation does not apply")
+			return usageErrorf("--live-check only registers no signing keys, so --follow-rotation does not apply")
 		}
 	default:
-		return fmt.Errorf("--live-check %q is not one of %s, %s, %s", o.liveCheck, liveCheckOff, liveCheckOn, liveCheckOnly)
+		return usageErrorf("--live-check %q is not one of %s, %s, %s", o.liveCheck, liveCheckOff, liveCheckOn, liveCheckOnly)
 	}
 	needAPIServer := o.followRotation || o.liveCheck != liveCheckOff
 	if !needAPIServer && (o.bearerTokenFile != "" || o.serviceAccount != "" || o.apiServerURL != "" || o.apiServerCA != "") {
-		return errors.New("--bearer-token-file, --service-account, --api-server-url and --api-server-ca only apply with --follow-rotation or --live-check")
+		return usageErrorf("--bearer-token-file, --service-account, --api-server-url and --api-server-ca only apply with --follow-rotation or --live-check")
 	}
 	if needAPIServer && (o.bearerTokenFile == "") == (o.serviceAccount == "") {
 		what := "--follow-rotation"
 		if !o.followRotation {
 			what = "--live-check " + o.liveCheck
 		}
-		return fmt.Errorf("%s needs exactly one of --bearer-token-file and --service-account NAMESPACE/NAME: podid server authenticates to the API server with that token", what)
+		return usageErrorf("%s needs exactly one of --bearer-token-file and --service-account NAMESPACE/NAME: podid server authenticates to the API server with that token", what)
 	}
-	client, err := o.client()
+	c, err := o.connectCluster(ctx, cmd.ErrOrStderr())
 	if err != nil {
 		return err
 	}
 	restCfg, err := kubeapi.Load(o.kubeconfig, o.kubeContext)
 	if err != nil {
-		return err
+		return kubeError(err)
 	}
 	disc, err := kubeapi.Discover(ctx, restCfg)
 	if err != nil {
-		return fmt.Errorf("reading the service-account issuer of the cluster at %s: %w", restCfg.Host, err)
+		return kubeError(fmt.Errorf("reading the service-account issuer of the cluster at %s: %w", restCfg.Host, err))
 	}
 
 	cluster := api.Cluster{Name: name, Issuer: disc.Issuer}
@@ -249,7 +276,7 @@ func runClusterRegister(ctx context.Context, out io.Writer, name string, o *regi
 	var tokenNote string
 	if needAPIServer {
 		if src, tokenNote, err = o.apiServerSource(ctx, restCfg); err != nil {
-			return err
+			return kubeError(err)
 		}
 	}
 	switch {
@@ -272,28 +299,35 @@ func runClusterRegister(ctx context.Context, out io.Writer, name string, o *regi
 		liveNote = fmt.Sprintf("every token also checked by %s/apis/authentication.k8s.io/v1/tokenreviews with %s", strings.TrimSuffix(src.URL, "/"), tokenNote)
 	}
 
-	verb, call := "registered", client.RegisterCluster
+	verb, call := "registered", c.admin.RegisterCluster
 	if o.update {
-		verb, call = "updated", client.UpdateCluster
+		verb, call = "updated", c.admin.UpdateCluster
 	}
 	got, err := call(ctx, cluster)
 	if err != nil {
 		var ae *api.APIError
 		switch {
 		case errors.As(err, &ae) && ae.StatusCode == http.StatusConflict && !o.update:
-			return fmt.Errorf("cluster %q is already registered: add --update to replace its issuer and keys (%w)", name, err)
+			return &exitError{code: exitConflict, err: fmt.Errorf("cluster %q is already registered: %s", name, ae.Message),
+				hint: "add --update to replace its issuer and keys"}
 		case errors.As(err, &ae) && ae.StatusCode == http.StatusNotFound && o.update:
-			return fmt.Errorf("cluster %q is not registered yet: run without --update (%w)", name, err)
+			return &exitError{code: exitNotFound, err: fmt.Errorf("cluster %q is not registered yet: %s", name, ae.Message),
+				hint: "run without --update to register it"}
 		}
-		return explainServerError(err, o.server, fmt.Sprintf("registering cluster %q", name))
+		return err
 	}
-	fmt.Fprintf(out, "%s cluster %q with podid server %s\n", verb, got.Name, o.server)
-	fmt.Fprintf(out, "  issuer: %s\n", got.Issuer)
-	fmt.Fprintf(out, "  keys:   %s: %s\n", cluster.Keys.Kind, keysNote)
-	if liveNote != "" {
-		fmt.Fprintf(out, "  live check: %s\n", liveNote)
-	}
-	return nil
+	// The server never echoes the bearer token; drop it anyway, so no
+	// output format can show it.
+	got.Keys.BearerToken = ""
+	return o.render(cmd.OutOrStdout(), api.ClusterResponse{Cluster: *got}, func(w io.Writer) error {
+		fmt.Fprintf(w, "%s cluster %q with podid server %s\n", verb, got.Name, o.server)
+		fmt.Fprintf(w, "  issuer: %s\n", got.Issuer)
+		fmt.Fprintf(w, "  keys:   %s: %s\n", cluster.Keys.Kind, keysNote)
+		if liveNote != "" {
+			fmt.Fprintf(w, "  live check: %s\n", liveNote)
+		}
+		return nil
+	})
 }
 
 // apiServerSource is how podid server reaches the API server, for kind
@@ -371,20 +405,24 @@ func liveSuffix(k api.KeySource) string {
 	return " +" + k.LiveCheck + " " + k.URL
 }
 
-// explainServerError adds what to do to podid server's usual refusals.
-func explainServerError(err error, server, what string) error {
-	var ae *api.APIError
-	if errors.As(err, &ae) {
-		switch {
-		case ae.Type == "UnrecognizedClientException":
-			return fmt.Errorf("%s: podid server at %s does not know this access key; use one from its keys file: %w", what, server, err)
-		case ae.Type == "InvalidSignatureException":
-			return fmt.Errorf("%s: the secret access key does not match the access key id: %w", what, err)
-		case ae.StatusCode == http.StatusForbidden:
-			return fmt.Errorf("%s: the access key may not do this; use a key of scope \"admin\": %w", what, err)
-		}
+// kubeError gives an error from the cluster's API server or kubeconfig an
+// exit code of its own, so explainError does not blame podid server for it.
+func kubeError(err error) error {
+	var ee *exitError
+	if err == nil || errors.As(err, &ee) {
+		return err
 	}
-	return fmt.Errorf("%s: %w", what, err)
+	msg := err.Error()
+	var ne net.Error
+	switch {
+	case apierrors.IsUnauthorized(err), apierrors.IsForbidden(err),
+		strings.Contains(msg, "(HTTP 401)"), strings.Contains(msg, "(HTTP 403)"):
+		return &exitError{code: exitDenied, err: err}
+	case errors.Is(err, syscall.ECONNREFUSED), errors.As(err, &ne), isDNSError(err):
+		return &exitError{code: exitUnavailable, err: fmt.Errorf("cannot reach the cluster's API server: %w", err),
+			hint: "check the kubeconfig's server address (or --api-server-url) and that the API server is up"}
+	}
+	return &exitError{code: exitUsage, err: err}
 }
 
 // accessKey is a podid access key, from a file or the environment.

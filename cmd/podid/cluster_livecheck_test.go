@@ -47,7 +47,14 @@ func TestClusterRegisterLiveCheck(t *testing.T) {
 		mu   sync.Mutex
 		sent []api.Cluster
 	)
+	isolateAWSEnv(t)
+	setKey(t, nil)
 	podid := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The deprecated --key-file's key signs the request.
+		if !strings.Contains(r.Header.Get("Authorization"), "Credential=AKIDADMIN/") {
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
 		var c api.Cluster
 		if err := json.NewDecoder(r.Body).Decode(&c); err != nil {
 			w.WriteHeader(http.StatusBadRequest)

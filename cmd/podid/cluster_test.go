@@ -19,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/eks"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/yaml"
 
 	"github.com/podid/podid/api"
 	"github.com/podid/podid/internal/auth"
@@ -50,6 +51,13 @@ func startControlPlane(t *testing.T) *controlPlane {
 	t.Setenv("AWS_ACCESS_KEY_ID", stsCreds.AccessKeyID)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", stsCreds.SecretAccessKey)
 	isolateAWSEnv(t)
+	// The cluster commands read the shared client settings from
+	// PODID_<FLAG>; a developer's must not leak in.
+	for _, k := range append(clientFlagEnv, "access-key-id", "secret-access-key") {
+		k = "PODID_" + strings.ToUpper(strings.ReplaceAll(k, "-", "_"))
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
 	addr := freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := runCmd(t, ctx, "server", "--listen", addr, "--data-dir", dir, "--keys-file", keysFile,
@@ -209,9 +217,11 @@ func podid(t *testing.T, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// useAdminKey puts k where the AWS credential chain finds it. (The
+// server under test resolved its own STS credentials at start.)
 func useAdminKey(t *testing.T, k auth.Key) {
-	t.Setenv("PODID_ACCESS_KEY_ID", k.AccessKeyID)
-	t.Setenv("PODID_SECRET_ACCESS_KEY", k.SecretAccessKey)
+	t.Helper()
+	setKey(t, &k)
 }
 
 // assertNoSecrets fails when s shows a token or secret of the test.
@@ -250,8 +260,8 @@ func TestClusterRegisterSnapshot(t *testing.T) {
 	}
 
 	out, err = podid(t, "cluster", "register", "demo", "--kubeconfig", kc, "--server", cp.url)
-	if err == nil || !strings.Contains(err.Error(), "add --update") {
-		t.Fatalf("second register: %v\n%s", err, out)
+	if err == nil || !strings.Contains(err.Error(), "add --update") || exitCode(err) != exitConflict {
+		t.Fatalf("second register: exit %d, %v\n%s", exitCode(err), err, out)
 	}
 
 	rotated, _ := k8stest.NewIssuer(privateIssuer, "ES256")
@@ -282,8 +292,12 @@ func TestClusterRegisterSnapshot(t *testing.T) {
 	if out, _ = podid(t, "cluster", "list", "--server", cp.url); strings.Contains(out, "demo") {
 		t.Errorf("list after delete:\n%s", out)
 	}
-	if _, err = podid(t, "cluster", "delete", "demo", "--server", cp.url); err == nil {
-		t.Error("deleting a deleted cluster succeeded")
+	if _, err = podid(t, "cluster", "delete", "demo", "--server", cp.url); exitCode(err) != exitNotFound {
+		t.Errorf("deleting a deleted cluster: exit %d (%v), want %d", exitCode(err), err, exitNotFound)
+	}
+	if out, err = podid(t, "cluster", "register", "demo", "--kubeconfig", kc, "--server", cp.url, "--update"); exitCode(err) != exitNotFound ||
+		!strings.Contains(err.Error(), "run without --update") {
+		t.Errorf("updating an unregistered cluster: exit %d, %v\n%s", exitCode(err), err, out)
 	}
 }
 
@@ -370,34 +384,40 @@ func TestClusterRegisterErrorsSayWhatToDo(t *testing.T) {
 	kc := apiserver.kubeconfig(t, userToken)
 	forbidden := apiserver.kubeconfig(t, "forbidden-user")
 	tests := []struct {
-		name    string
-		args    []string
-		key     *auth.Key
-		setup   func()
-		wantErr string
+		name     string
+		args     []string
+		key      *auth.Key
+		setup    func()
+		wantErr  string
+		wantCode int
 	}{
 		{name: "no RBAC for discovery", args: []string{"--kubeconfig", forbidden}, key: &cp.admin,
-			wantErr: "the kubeconfig's user needs the ClusterRole system:service-account-issuer-discovery"},
+			wantErr: "the kubeconfig's user needs the ClusterRole system:service-account-issuer-discovery", wantCode: exitDenied},
 		{name: "unknown kubeconfig user", args: []string{"--kubeconfig", kc, "--context", "other"}, key: &cp.admin,
-			wantErr: "the API server rejected the kubeconfig's credentials (HTTP 401)"},
+			wantErr: "the API server rejected the kubeconfig's credentials (HTTP 401)", wantCode: exitDenied},
 		{name: "discovery not served", args: []string{"--kubeconfig", kc}, key: &cp.admin,
 			setup: func() { apiserver.discovery = false }, wantErr: "needs Kubernetes 1.21 or later"},
-		{name: "unknown context", args: []string{"--kubeconfig", kc, "--context", "nope"}, key: &cp.admin, wantErr: `context "nope" does not exist`},
+		{name: "unknown context", args: []string{"--kubeconfig", kc, "--context", "nope"}, key: &cp.admin, wantErr: `context "nope" does not exist`, wantCode: exitUsage},
 		{name: "follow rotation without a token", args: []string{"--kubeconfig", kc, "--follow-rotation"}, key: &cp.admin,
-			wantErr: "--follow-rotation needs exactly one of --bearer-token-file and --service-account"},
+			wantErr: "--follow-rotation needs exactly one of --bearer-token-file and --service-account", wantCode: exitUsage},
 		{name: "token flag without follow rotation", args: []string{"--kubeconfig", kc, "--service-account", "a/b"}, key: &cp.admin,
 			wantErr: "only apply with --follow-rotation"},
 		{name: "bad service account", args: []string{"--kubeconfig", kc, "--follow-rotation", "--service-account", "reader"}, key: &cp.admin,
 			wantErr: `--service-account "reader" is not NAMESPACE/NAME`},
 		{name: "no TokenRequest RBAC", args: []string{"--kubeconfig", kc, "--follow-rotation", "--service-account", "podid/reader"}, key: &cp.admin,
-			setup: func() { apiserver.denyTR = true }, wantErr: `the caller needs RBAC "create" on serviceaccounts/token in namespace podid`},
+			setup: func() { apiserver.denyTR = true }, wantErr: `the caller needs RBAC "create" on serviceaccounts/token in namespace podid`, wantCode: exitDenied},
 		{name: "plain http API server URL", args: []string{"--kubeconfig", kc, "--follow-rotation", "--service-account", "podid/reader", "--api-server-url", "http://10.0.0.1"},
 			key: &cp.admin, wantErr: "is not https"},
-		{name: "read-only key", args: []string{"--kubeconfig", kc}, key: &cp.readOnly, wantErr: `use a key of scope "admin"`},
+		{name: "read-only key", args: []string{"--kubeconfig", kc}, key: &cp.readOnly, wantErr: "the key needs admin scope", wantCode: exitDenied},
 		{name: "unknown key", args: []string{"--kubeconfig", kc}, key: &auth.Key{AccessKeyID: "PODIDUNKNOWNKEY00000", SecretAccessKey: "x"},
-			wantErr: "does not know this access key"},
-		{name: "no key", args: []string{"--kubeconfig", kc}, wantErr: "set PODID_ACCESS_KEY_ID and PODID_SECRET_ACCESS_KEY"},
-		{name: "no server", args: []string{"--kubeconfig", kc, "--server", ""}, key: &cp.admin, wantErr: "--server is required"},
+			wantErr: "podid server does not know this access key", wantCode: exitDenied},
+		{name: "wrong secret", args: []string{"--kubeconfig", kc}, key: &auth.Key{AccessKeyID: cp.admin.AccessKeyID, SecretAccessKey: "wrong"},
+			wantErr: "the secret access key does not match", wantCode: exitDenied},
+		{name: "no key", args: []string{"--kubeconfig", kc}, wantErr: "put a podid access key", wantCode: exitDenied},
+		{name: "no server", args: []string{"--kubeconfig", kc, "--server", ""}, key: &cp.admin, wantErr: "--server is required", wantCode: exitUsage},
+		{name: "server unreachable", args: []string{"--kubeconfig", kc, "--server", "http://" + freeAddr(t)}, key: &cp.admin,
+			wantErr: "cannot reach podid server", wantCode: exitUnavailable},
+		{name: "bad output", args: []string{"--kubeconfig", kc, "-o", "xml"}, key: &cp.admin, wantErr: `-o "xml"`, wantCode: exitUsage},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -407,19 +427,122 @@ func TestClusterRegisterErrorsSayWhatToDo(t *testing.T) {
 				tt.setup()
 			}
 			apiserver.mu.Unlock()
-			t.Setenv("PODID_ACCESS_KEY_ID", "")
-			t.Setenv("PODID_SECRET_ACCESS_KEY", "")
-			if tt.key != nil {
-				useAdminKey(t, *tt.key)
-			}
+			setKey(t, tt.key)
 			out, err := podid(t, append([]string{"cluster", "register", "demo", "--server", cp.url}, tt.args...)...)
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("error %v\nwant %q\n%s", err, tt.wantErr, out)
+			}
+			if tt.wantCode != 0 && exitCode(err) != tt.wantCode {
+				t.Errorf("exit %d, want %d (%v)", exitCode(err), tt.wantCode, err)
 			}
 			assertNoSecrets(t, err.Error()+out, cp)
 		})
 	}
 	if out, _ := podid(t, "cluster", "list", "--server", cp.url); strings.Contains(out, "demo") {
 		t.Errorf("a failed registration registered:\n%s", out)
+	}
+}
+
+// TestClusterCredentialSchemes checks that the cluster commands take the
+// client commands' settings: PODID_SERVER, the AWS credential chain with
+// --profile, -o, and the deprecated --key-file.
+func TestClusterCredentialSchemes(t *testing.T) {
+	cp := startControlPlane(t)
+	iss, err := k8stest.NewIssuer("https://prod.test", "RS256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cp.client(cp.admin).RegisterCluster(context.Background(), api.Cluster{Name: "prod", Issuer: iss.URL,
+		Keys: api.KeySource{Kind: "jwks", JWKS: iss.JWKS()}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PODID_SERVER", cp.url)
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "credentials")
+	os.WriteFile(creds, []byte("[viewer]\naws_access_key_id = "+cp.readOnly.AccessKeyID+"\naws_secret_access_key = "+cp.readOnly.SecretAccessKey+"\n"), 0o600)
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", creds)
+	keyFile := filepath.Join(dir, "key.json")
+	raw, _ := json.Marshal(map[string]string{"accessKeyId": cp.admin.AccessKeyID, "secretAccessKey": cp.admin.SecretAccessKey})
+	os.WriteFile(keyFile, raw, 0o600)
+
+	t.Run("profile", func(t *testing.T) {
+		setKey(t, nil)
+		out, err := podid(t, "cluster", "list", "--profile", "viewer")
+		if err != nil || !regexpLine(out, "prod", "https://prod.test", "jwks") {
+			t.Fatalf("list: %v\n%s", err, out)
+		}
+		// A read-only key may list but not delete.
+		if _, err := podid(t, "cluster", "delete", "prod", "--profile", "viewer"); exitCode(err) != exitDenied {
+			t.Errorf("delete with a read-only key: exit %d (%v)", exitCode(err), err)
+		}
+		if _, err := podid(t, "cluster", "list", "--profile", "nope"); exitCode(err) == exitOK {
+			t.Error("an unknown profile listed")
+		}
+	})
+	for _, format := range []string{"json", "yaml"} {
+		t.Run(format, func(t *testing.T) {
+			useAdminKey(t, cp.admin)
+			out, err := podid(t, "cluster", "list", "-o", format)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got api.ListClustersResponse
+			if format == "json" {
+				err = json.Unmarshal([]byte(out), &got)
+			} else {
+				err = yaml.Unmarshal([]byte(out), &got)
+			}
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			if len(got.Clusters) != 1 || got.Clusters[0].Name != "prod" || got.Clusters[0].Issuer != "https://prod.test" || got.Clusters[0].Keys.Kind != "jwks" {
+				t.Errorf("clusters %+v", got.Clusters)
+			}
+		})
+	}
+	t.Run("PODID_OUTPUT", func(t *testing.T) {
+		useAdminKey(t, cp.admin)
+		t.Setenv("PODID_OUTPUT", "json")
+		out, err := podid(t, "cluster", "list")
+		if err != nil || !json.Valid([]byte(out)) {
+			t.Errorf("list: %v\n%s", err, out)
+		}
+	})
+	t.Run("deprecated key file", func(t *testing.T) {
+		setKey(t, &cp.readOnly) // --key-file wins over the chain
+		out, err := podid(t, "cluster", "delete", "prod", "--key-file", keyFile)
+		if err != nil || !strings.Contains(out, `deleted cluster "prod"`) || !strings.Contains(out, "--key-file has been deprecated") {
+			t.Fatalf("delete: %v\n%s", err, out)
+		}
+		assertNoSecrets(t, out, cp)
+		if _, err := podid(t, "cluster", "list", "--key-file", filepath.Join(dir, "missing.json")); exitCode(err) != exitUsage {
+			t.Errorf("missing key file: exit %d (%v)", exitCode(err), err)
+		}
+		if _, err := podid(t, "cluster", "list", "--key-file", keyFile, "--profile", "viewer"); exitCode(err) != exitUsage {
+			t.Errorf("--key-file with --profile: exit %d (%v)", exitCode(err), err)
+		}
+	})
+	t.Run("old environment variables warn", func(t *testing.T) {
+		setKey(t, nil)
+		t.Setenv("PODID_ACCESS_KEY_ID", cp.admin.AccessKeyID)
+		t.Setenv("PODID_SECRET_ACCESS_KEY", cp.admin.SecretAccessKey)
+		out, err := podid(t, "cluster", "list")
+		if exitCode(err) != exitDenied || !strings.Contains(out, "PODID_ACCESS_KEY_ID and PODID_SECRET_ACCESS_KEY are no longer read") {
+			t.Errorf("exit %d (%v)\n%s", exitCode(err), err, out)
+		}
+	})
+}
+
+// TestClusterRegisterAPIServerUnreachable checks that a cluster whose API
+// server is down is not reported as podid server being down.
+func TestClusterRegisterAPIServerUnreachable(t *testing.T) {
+	cp := startControlPlane(t)
+	apiserver := newFakeAPIServer(t)
+	kc := apiserver.kubeconfig(t, userToken)
+	apiserver.Close()
+	useAdminKey(t, cp.admin)
+	out, err := podid(t, "cluster", "register", "demo", "--kubeconfig", kc, "--server", cp.url)
+	if exitCode(err) != exitUnavailable || !strings.Contains(err.Error(), "cannot reach the cluster's API server") || strings.Contains(err.Error(), "podid server at") {
+		t.Errorf("exit %d, %v\n%s", exitCode(err), err, out)
 	}
 }
