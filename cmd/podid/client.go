@@ -102,7 +102,7 @@ var clientFlagEnv = []string{"server", "profile", "region", "server-ca", "output
 // addClientFlags registers the shared flags on cmd.
 func (o *clientOptions) addClientFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVar(&o.server, "server", "", "podid server's URL, e.g. https://podid.example:8443 (env PODID_SERVER)")
+	f.StringVar(&o.server, "server", "", "podid server's URL, e.g. https://podid.example:8443; several replicas comma-separated, the first healthy one is used (env PODID_SERVER)")
 	f.StringVar(&o.profile, "profile", "", "AWS shared config profile holding the podid access key (default: AWS_PROFILE or the default chain; env PODID_PROFILE)")
 	f.StringVar(&o.region, "region", "us-east-1", "region to sign requests for; podid accepts any (env PODID_REGION)")
 	f.StringVar(&o.serverCA, "server-ca", "", "PEM CA bundle to verify podid server's certificate (default: system roots; env PODID_SERVER_CA)")
@@ -156,11 +156,16 @@ func (o *clientOptions) connect(ctx context.Context) (*podidClient, error) {
 	if o.server == "" {
 		return nil, usageErrorf("--server is required (or set PODID_SERVER): podid server's URL, e.g. http://127.0.0.1:8080")
 	}
-	u, err := url.Parse(o.server)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, usageErrorf("--server %q is not an http:// or https:// URL", o.server)
+	var servers []string
+	for _, sv := range strings.Split(o.server, ",") {
+		sv = strings.TrimSpace(sv)
+		u, err := url.Parse(sv)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, usageErrorf("--server %q is not an http:// or https:// URL", sv)
+		}
+		servers = append(servers, strings.TrimRight(sv, "/"))
 	}
-	o.server = strings.TrimRight(o.server, "/")
+	o.server = servers[0]
 	opts := []func(*config.LoadOptions) error{config.WithRegion(o.region)}
 	if o.profile != "" {
 		opts = append(opts, config.WithSharedConfigProfile(o.profile))
@@ -197,6 +202,9 @@ func (o *clientOptions) connect(ctx context.Context) (*podidClient, error) {
 		return nil, &exitError{code: exitDenied, err: fmt.Errorf("no credentials to sign with: %w", err),
 			hint: "put a podid access key (from the server's keys file) in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or in an AWS profile and pass --profile"}
 	}
+	if len(servers) > 1 {
+		o.server = pickServer(ctx, asHTTPClient(cfg.HTTPClient), servers)
+	}
 	server := o.server
 	return &podidClient{
 		eks: eks.NewFromConfig(cfg, func(eo *eks.Options) { eo.BaseEndpoint = aws.String(server) }),
@@ -204,6 +212,28 @@ func (o *clientOptions) connect(ctx context.Context) (*podidClient, error) {
 		// --server-ca, AWS_CA_BUNDLE and proxies apply to both the same way.
 		admin: &api.Client{Endpoint: server, Credentials: cfg.Credentials, Region: o.region, HTTPClient: asHTTPClient(cfg.HTTPClient)},
 	}, nil
+}
+
+// pickServer returns the first of several replicas that answers /healthz,
+// so a command fails over past a replica that is down; with none healthy
+// it returns the first, whose error then says what is wrong.
+func pickServer(ctx context.Context, hc *http.Client, servers []string) string {
+	for _, sv := range servers {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		req, err := http.NewRequestWithContext(pctx, http.MethodGet, sv+"/healthz", nil)
+		if err == nil {
+			var resp *http.Response
+			if resp, err = hc.Do(req); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					cancel()
+					return sv
+				}
+			}
+		}
+		cancel()
+	}
+	return servers[0]
 }
 
 func asHTTPClient(c aws.HTTPClient) *http.Client {
