@@ -221,29 +221,11 @@ func runWebhook(ctx context.Context, o *webhookOptions) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	serve := func(ln net.Listener, h http.Handler, tlsConfig *tls.Config) {
-		srv := &http.Server{Handler: h, TLSConfig: tlsConfig, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
+		serveInGroup(ctx, g, &http.Server{Handler: h, TLSConfig: tlsConfig, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
 			WriteTimeout: 15 * time.Second, IdleTimeout: 90 * time.Second, MaxHeaderBytes: 64 << 10,
 			// TLS handshake errors (probes, scanners) are noise at the
 			// usual levels.
-			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-		g.Go(func() error {
-			var err error
-			if tlsConfig != nil {
-				err = srv.ServeTLS(ln, "", "")
-			} else {
-				err = srv.Serve(ln)
-			}
-			if err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return err
-			}
-			return nil
-		})
-		g.Go(func() error {
-			<-ctx.Done()
-			shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			return srv.Shutdown(shutdown)
-		})
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}, ln)
 	}
 	serve(ln, mux, &tls.Config{GetCertificate: source.GetCertificate, MinVersion: tls.VersionTLS12})
 	if side != nil {
