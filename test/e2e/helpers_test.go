@@ -30,18 +30,26 @@ import (
 // the issuer and JWKS through the API server (the issuer's own host does
 // not resolve here).
 func registerCluster(ctx context.Context, podid string, srv *harness.Server, c *harness.Cluster) error {
-	args := []string{"cluster", "register", c.Name,
-		"--kubeconfig", c.Kubeconfig,
+	_, err := runRegister(ctx, podid, srv, c.Name, c.Kubeconfig)
+	return err
+}
+
+// runRegister runs `podid cluster register name` with kubeconfig and the
+// extra flags, returning its combined output; the error includes it.
+func runRegister(ctx context.Context, podid string, srv *harness.Server, name, kubeconfig string, extra ...string) ([]byte, error) {
+	args := append([]string{"cluster", "register", name,
+		"--kubeconfig", kubeconfig,
 		"--server", srv.URL,
-		"--key-file", srv.KeyFiles[srv.Admin.Name],
 		"--region", region,
-	}
+	}, extra...)
 	cmd := exec.CommandContext(ctx, podid, args...)
-	cmd.Env = harness.CleanEnv()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("podid %s: %w\n%s", strings.Join(args, " "), err, out)
+	// The client commands sign with the standard AWS credential chain.
+	cmd.Env = append(harness.CleanEnv(), "AWS_ACCESS_KEY_ID="+srv.Admin.AccessKeyID, "AWS_SECRET_ACCESS_KEY="+srv.Admin.SecretAccessKey)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("podid %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
-	return nil
+	return out, nil
 }
 
 // registerWebhook points cluster c's pod admission at url. Unlike the
