@@ -30,7 +30,9 @@ func (failingStore) CreateAssociation(context.Context, *identity.Association) er
 func (failingStore) FindAssociation(context.Context, string, string, string) (*identity.Association, error) {
 	return nil, errGone
 }
-func (failingStore) GetCluster(context.Context, string) (*identity.Cluster, error) { return nil, errGone }
+func (failingStore) GetCluster(context.Context, string) (*identity.Cluster, error) {
+	return nil, errGone
+}
 func (failingStore) ListAssociations(context.Context, identity.AssociationFilter) ([]identity.Association, error) {
 	return nil, errGone
 }
