@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -199,7 +200,13 @@ func isTokenVolume(v *corev1.Volume, cfg Config) bool {
 // On ErrVolumeConflict the returned copy is unchanged. Other errors are an
 // invalid cfg.
 func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
-	out := pod.DeepCopy()
+	return mutate(pod.DeepCopy(), cfg)
+}
+
+// mutate injects into out in place. It only appends to out's volumes and
+// to its containers' env and volume mounts, which is what lets Patch run it
+// on a shallow copy whose slices it owns.
+func mutate(out *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return out, err
@@ -299,7 +306,15 @@ type patchOp struct {
 // arrays, addressed by index, so fields of the pod that the API server knows
 // and this package's corev1 version does not are kept.
 func Patch(pod *corev1.Pod, cfg Config) ([]byte, error) {
-	mutated, err := Mutate(pod, cfg)
+	// A deep copy of the whole pod would be most of the admission's cost;
+	// mutate only appends, so it is enough to own the slices it appends to.
+	// Clipping their capacity makes every append copy instead of writing
+	// into the caller's backing arrays.
+	shallow := *pod
+	shallow.Spec.Volumes = slices.Clip(pod.Spec.Volumes)
+	shallow.Spec.InitContainers = ownContainers(pod.Spec.InitContainers)
+	shallow.Spec.Containers = ownContainers(pod.Spec.Containers)
+	mutated, err := mutate(&shallow, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -322,6 +337,20 @@ func Patch(pod *corev1.Pod, cfg Config) ([]byte, error) {
 		return nil, nil
 	}
 	return json.Marshal(ops)
+}
+
+// ownContainers copies the container structs and clips the slices mutate
+// appends to, so the caller's pod stays as it was.
+func ownContainers(cs []corev1.Container) []corev1.Container {
+	if cs == nil {
+		return nil
+	}
+	out := slices.Clone(cs)
+	for i := range out {
+		out[i].Env = slices.Clip(out[i].Env)
+		out[i].VolumeMounts = slices.Clip(out[i].VolumeMounts)
+	}
+	return out
 }
 
 // appendOps adds the operations that grow the array at p from old to new,

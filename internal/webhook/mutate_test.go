@@ -317,3 +317,29 @@ func TestWindowsSignals(t *testing.T) {
 		})
 	}
 }
+
+// TestPatchLeavesSpareCapacityAlone: Patch works on a shallow copy, so it
+// must not append into the caller's backing arrays even when they have room.
+func TestPatchLeavesSpareCapacityAlone(t *testing.T) {
+	env := make([]corev1.EnvVar, 1, 8)
+	env[0] = corev1.EnvVar{Name: "A", Value: "1"}
+	mounts := make([]corev1.VolumeMount, 0, 8)
+	vols := make([]corev1.Volume, 0, 8)
+	pod := &corev1.Pod{Spec: corev1.PodSpec{
+		Volumes:    vols,
+		Containers: []corev1.Container{{Name: "app", Env: env, VolumeMounts: mounts}},
+	}}
+	patch, err := webhook.Patch(pod, webhook.DefaultConfig())
+	if err != nil || patch == nil {
+		t.Fatalf("Patch = %s, %v", patch, err)
+	}
+	if spare := env[:cap(env)][1]; spare.Name != "" {
+		t.Errorf("Patch wrote %q into the caller's env backing array", spare.Name)
+	}
+	if spare := mounts[:cap(mounts)][0]; spare.Name != "" {
+		t.Errorf("Patch wrote %q into the caller's mounts backing array", spare.Name)
+	}
+	if spare := vols[:cap(vols)][0]; spare.Name != "" {
+		t.Errorf("Patch wrote %q into the caller's volumes backing array", spare.Name)
+	}
+}
