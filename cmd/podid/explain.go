@@ -172,20 +172,16 @@ func (o *explainOptions) run(ctx context.Context, w io.Writer) error {
 		ex.RoleArn, ex.TargetRoleArn = a.RoleArn, a.TargetRoleArn
 		if a.DisableSessionTags {
 			region, account := arnRegionAccount(cl.Arn)
-			ex.ExternalID = strings.Join([]string{region, account, cl.Name, ex.Namespace, ex.ServiceAccount}, "/")
+			ex.ExternalID = identity.ExternalID(region, account, cl.Name, ex.Namespace, ex.ServiceAccount)
 			ex.SessionPolicy = a.Policy
 		} else {
 			podName, podUID := "<the pod's name>", "<the pod's uid>"
 			if ex.Pod != nil {
 				podName, podUID = ex.Pod.Name, ex.Pod.UID
 			}
-			ex.SessionTags = []sessionTag{
-				{identity.TagClusterARN, cl.Arn},
-				{identity.TagClusterName, cl.Name},
-				{identity.TagNamespace, ex.Namespace},
-				{identity.TagServiceAccount, ex.ServiceAccount},
-				{identity.TagPodName, podName},
-				{identity.TagPodUID, podUID},
+			// The same function the server uses, so explain cannot drift.
+			for _, tg := range identity.SessionTags(cl.Arn, cl.Name, ex.Namespace, ex.ServiceAccount, podName, podUID) {
+				ex.SessionTags = append(ex.SessionTags, sessionTag{tg.Key, tg.Value})
 			}
 		}
 	}

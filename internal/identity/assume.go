@@ -154,22 +154,34 @@ func (s *Service) assumeRoleInput(c *Cluster, a *Association, claims *TokenClaim
 		TargetExternalID: a.ExternalID,
 	}
 	if a.DisableSessionTags {
-		in.ExternalID = strings.Join([]string{s.cfg.Region, s.cfg.Account, c.Name, claims.Namespace, claims.ServiceAccountName}, "/")
+		in.ExternalID = ExternalID(s.cfg.Region, s.cfg.Account, c.Name, claims.Namespace, claims.ServiceAccountName)
 		in.Policy = a.Policy
 		return in, nil
 	}
-	in.Tags = []Tag{
-		{TagClusterARN, s.ClusterARN(c.Name)},
-		{TagClusterName, c.Name},
-		{TagNamespace, claims.Namespace},
-		{TagServiceAccount, claims.ServiceAccountName},
-		{TagPodName, claims.PodName},
-		{TagPodUID, claims.PodUID},
-	}
+	in.Tags = SessionTags(s.ClusterARN(c.Name), c.Name, claims.Namespace, claims.ServiceAccountName, claims.PodName, claims.PodUID)
 	for _, t := range in.Tags {
 		in.TransitiveTagKeys = append(in.TransitiveTagKeys, t.Key)
 	}
 	return in, nil
+}
+
+// SessionTags are the session tags EKS attaches for a pod, in order; all of
+// them are passed as transitive.
+func SessionTags(clusterARN, cluster, namespace, serviceAccount, podName, podUID string) []Tag {
+	return []Tag{
+		{TagClusterARN, clusterARN},
+		{TagClusterName, cluster},
+		{TagNamespace, namespace},
+		{TagServiceAccount, serviceAccount},
+		{TagPodName, podName},
+		{TagPodUID, podUID},
+	}
+}
+
+// ExternalID is the external id sent instead of session tags when an
+// association disables them: <region>/<account>/<cluster>/<namespace>/<sa>.
+func ExternalID(region, account, cluster, namespace, serviceAccount string) string {
+	return strings.Join([]string{region, account, cluster, namespace, serviceAccount}, "/")
 }
 
 // SessionName is the STS role session name for a pod:
